@@ -1,0 +1,28 @@
+//! The lead lifecycle, as a pure state machine.
+//!
+//! Marketing captures a lead and qualifies it as an MQL; sales accepts it as an
+//! SQL or rejects it back with a reason; sales closes it won or lost and rates
+//! its quality. This crate owns those rules and nothing else: it knows nothing
+//! about tokio, SQL, gRPC or NATS, and it cannot fail except by returning a
+//! [`DomainError`] or a [`ValidationError`].
+//!
+//! The core is two functions: [`decide`] turns a [`Command`] and the lead's
+//! current state into the one [`LeadEvent`] it produces, and [`evolve`] folds an
+//! event into the state. Time is a parameter (`now`), never read from a clock.
+
+mod command;
+mod error;
+mod event;
+mod lead;
+mod values;
+
+pub use command::{Action, Command, CommandKind};
+pub use error::{DomainError, ValidationError};
+pub use event::{CloseOutcome, Closing, Feedback, LeadDetails, LeadEvent, LeadEventKind, Qualification, Rejection};
+pub use lead::{Lead, LeadProfile, Stage, decide, evolve};
+pub use values::{
+    CurrencyCode, Email, Label, LeadId, Money, Note, Rating, ReasonCode, Score, Timestamp,
+};
+
+/// How far in the future a client may date an event (clock skew between systems).
+pub const MAX_FUTURE_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
