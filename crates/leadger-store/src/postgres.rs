@@ -1,0 +1,349 @@
+//! The production backend: the event log in PostgreSQL, shared by several
+//! leadger processes.
+//!
+//! Each batch takes one transaction-scoped advisory lock (the append lock)
+//! before it reads the last position, so batches from every process assign
+//! positions one after the other and commit in that order: a reader tailing by
+//! position never sees position n+1 before n. (A sequence would leave holes and
+//! commit out of order.) Rows are written with one `UNNEST` insert per table.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use leadger_domain::{LeadId, Timestamp};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::planner::{self, BatchKeys, Plan, Receipt, Snapshot};
+use crate::vault::Vault;
+use crate::{
+    CommandError, CommandOutcome, EventLog, LeadQuery, LeadSummary, PendingCommand, RecordedEvent, StoreError, as_i64,
+    lead_head, lead_id_of, recorded_event, stage, unsigned,
+};
+
+/// Arbitrary, fixed key of the append lock (`pg_advisory_xact_lock`).
+const APPEND_LOCK: i64 = 0x6c65_6164_6765_72;
+/// Channel notified with the last position after each committed batch.
+const APPENDED_CHANNEL: &str = "leadger_appended";
+
+#[derive(Debug, Clone)]
+pub struct PostgresLog {
+    pool: PgPool,
+}
+
+type EventColumns = (i64, Uuid, Uuid, i64, String, i32, String, String, i64, i64);
+type HeadColumns = (Uuid, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>);
+
+const EVENT_COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, payload::text, metadata::text, occurred_at_us, recorded_at_us";
+
+impl PostgresLog {
+    /// Connects to `url` and migrates the schema. Fails fast (5 s) when the
+    /// database is unreachable rather than hanging a command.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, 16).await
+    }
+
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("leadger");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn snapshot(&self, tx: &mut Transaction<'static, Postgres>, keys: &BatchKeys) -> Result<Snapshot, StoreError> {
+        let mut snapshot = Snapshot::default();
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK).execute(&mut **tx).await?;
+        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut **tx).await?;
+        snapshot.last_position = unsigned(last, "position")?;
+        let ids: Vec<Uuid> = keys.lead_ids.iter().map(LeadId::as_uuid).collect();
+        let heads: Vec<HeadColumns> = sqlx::query_as(
+            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref
+             FROM leads WHERE lead_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref) in heads {
+            let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
+            snapshot.heads.insert(lead_id_of(id), head);
+        }
+        if !keys.email_indexes.is_empty() {
+            let rows: Vec<(String, Uuid)> = sqlx::query_as(
+                "SELECT email_index, lead_id FROM leads WHERE email_index = ANY($1) AND stage NOT IN ('WON', 'LOST')",
+            )
+            .bind(&keys.email_indexes)
+            .fetch_all(&mut **tx)
+            .await?;
+            for (email_index, id) in rows {
+                snapshot.open_emails.insert(email_index, lead_id_of(id));
+            }
+        }
+        if !keys.external_refs.is_empty() {
+            let rows: Vec<(String, Uuid)> =
+                sqlx::query_as("SELECT external_ref, lead_id FROM leads WHERE external_ref = ANY($1)")
+                    .bind(&keys.external_refs)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            for (external_ref, id) in rows {
+                snapshot.external_refs.insert(external_ref, lead_id_of(id));
+            }
+        }
+        if !keys.receipt_keys.is_empty() {
+            let (clients, requests): (Vec<String>, Vec<String>) = keys.receipt_keys.iter().cloned().unzip();
+            let rows: Vec<(String, String, String, Uuid, i64, i64, String)> = sqlx::query_as(
+                "SELECT r.client_id, r.request_id, r.request_hash, r.lead_id, r.version, r.position, r.stage
+                 FROM receipts r JOIN UNNEST($1::text[], $2::text[]) AS k(client_id, request_id)
+                   ON r.client_id = k.client_id AND r.request_id = k.request_id",
+            )
+            .bind(&clients)
+            .bind(&requests)
+            .fetch_all(&mut **tx)
+            .await?;
+            for (client_id, request_id, request_hash, id, version, position, stage_text) in rows {
+                let outcome = CommandOutcome {
+                    lead_id: lead_id_of(id),
+                    version: unsigned(version, "version")?,
+                    position: unsigned(position, "position")?,
+                    stage: stage(&stage_text)?,
+                    replayed: false,
+                };
+                snapshot.receipts.insert((client_id, request_id), Receipt { request_hash, outcome });
+            }
+        }
+        if !keys.key_leads.is_empty() {
+            let ids: Vec<Uuid> = keys.key_leads.iter().map(LeadId::as_uuid).collect();
+            let rows: Vec<(Uuid, String)> =
+                sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            for (id, wrapped) in rows {
+                snapshot.wrapped_keys.insert(lead_id_of(id), wrapped);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    async fn write(tx: &mut Transaction<'static, Postgres>, plan: &Plan) -> Result<(), StoreError> {
+        let events = &plan.events;
+        sqlx::query(
+            "INSERT INTO events (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us)
+             SELECT p, e, s, v, t, $6, pl::jsonb, md::jsonb, oa, ra
+             FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[])
+                 AS r(p, e, s, v, t, pl, md, oa, ra)",
+        )
+        .bind(events.iter().map(|e| as_i64(e.position)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.lead_id.as_uuid()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| as_i64(e.version)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+        .bind(crate::codec::SCHEMA_VERSION)
+        .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.metadata.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.occurred_at.as_micros()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.recorded_at.as_micros()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        let heads = &plan.heads;
+        let label = |l: &Option<leadger_domain::Label>| l.as_ref().map(|l| l.as_str().to_string());
+        sqlx::query(
+            "INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::boolean[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])
+             ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
+                 seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
+                 assignee = excluded.assignee, owner = excluded.owner",
+        )
+        .bind(heads.iter().map(|(id, _)| id.as_uuid()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| h.lead.stage.as_str().to_string()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| as_i64(h.lead.version)).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| h.lead.seen_by_sales).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| h.lead.last_occurred_at.as_micros()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| label(&h.lead.assignee)).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| label(&h.lead.owner)).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| h.email_index.clone()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| h.external_ref.clone()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        if !plan.new_keys.is_empty() {
+            sqlx::query("INSERT INTO lead_keys (lead_id, wrapped_key) SELECT * FROM UNNEST($1::uuid[], $2::text[])")
+                .bind(plan.new_keys.iter().map(|(id, _)| id.as_uuid()).collect::<Vec<_>>())
+                .bind(plan.new_keys.iter().map(|(_, w)| w.clone()).collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+        }
+        if !plan.receipts.is_empty() {
+            let receipts = &plan.receipts;
+            sqlx::query(
+                "INSERT INTO receipts (client_id, request_id, request_hash, lead_id, version, position, stage, created_at_us)
+                 SELECT c, r, h, l, v, p, s, $8
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::bigint[], $6::bigint[], $7::text[])
+                     AS k(c, r, h, l, v, p, s)",
+            )
+            .bind(receipts.iter().map(|r| r.client_id.clone()).collect::<Vec<_>>())
+            .bind(receipts.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>())
+            .bind(receipts.iter().map(|r| r.receipt.request_hash.clone()).collect::<Vec<_>>())
+            .bind(receipts.iter().map(|r| r.receipt.outcome.lead_id.as_uuid()).collect::<Vec<_>>())
+            .bind(receipts.iter().map(|r| as_i64(r.receipt.outcome.version)).collect::<Vec<_>>())
+            .bind(receipts.iter().map(|r| as_i64(r.receipt.outcome.position)).collect::<Vec<_>>())
+            .bind(receipts.iter().map(|r| r.receipt.outcome.stage.as_str().to_string()).collect::<Vec<_>>())
+            .bind(events.first().map_or(0, |e| e.recorded_at.as_micros()))
+            .execute(&mut **tx)
+            .await?;
+        }
+        if let Some(last) = plan.last_position() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(APPENDED_CHANNEL)
+                .bind(last.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn event_from(columns: EventColumns) -> Result<RecordedEvent, StoreError> {
+    let (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred, recorded) =
+        columns;
+    recorded_event(position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred, recorded)
+}
+
+impl EventLog for PostgresLog {
+    async fn append_batch(
+        &self,
+        batch: &[&PendingCommand],
+        now: Timestamp,
+        vault: &Vault,
+    ) -> Result<Vec<Result<CommandOutcome, CommandError>>, StoreError> {
+        let keys = BatchKeys::of(batch, vault);
+        let mut tx = self.pool.begin().await?;
+        let snapshot = self.snapshot(&mut tx, &keys).await?;
+        let plan = planner::plan(batch, snapshot, now, vault)?;
+        if !plan.events.is_empty() {
+            Self::write(&mut tx, &plan).await?;
+            tx.commit().await?;
+        }
+        Ok(plan.outcomes)
+    }
+
+    async fn read_log(&self, from: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<EventColumns> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2"
+        )))
+        .bind(as_i64(from))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(event_from).collect()
+    }
+
+    async fn lead_stream(&self, lead: LeadId) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<EventColumns> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version"
+        )))
+        .bind(lead.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(event_from).collect()
+    }
+
+    async fn wrapped_keys(&self, leads: &[LeadId]) -> Result<HashMap<LeadId, String>, StoreError> {
+        let ids: Vec<Uuid> = leads.iter().map(LeadId::as_uuid).collect();
+        let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(id, wrapped)| (lead_id_of(id), wrapped)).collect())
+    }
+
+    async fn find_leads(&self, query: &LeadQuery) -> Result<Vec<LeadSummary>, StoreError> {
+        let rows: Vec<HeadColumns> = sqlx::query_as(
+            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref
+             FROM leads
+             WHERE ($1::text IS NULL OR email_index = $1) AND ($2::text IS NULL OR external_ref = $2)
+               AND ($3::text IS NULL OR stage = $3) AND ($4::text IS NULL OR assignee = $4)
+               AND ($5::text IS NULL OR owner = $5) AND ($6::uuid IS NULL OR lead_id < $6)
+             ORDER BY lead_id DESC LIMIT $7",
+        )
+        .bind(&query.email_index)
+        .bind(&query.external_ref)
+        .bind(query.stage.map(|s| s.as_str()))
+        .bind(&query.assignee)
+        .bind(&query.owner)
+        .bind(query.after.map(|id| id.as_uuid()))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, stage, version, seen, last, assignee, owner, email_index, external_ref)| {
+                let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
+                Ok(LeadSummary { lead_id: lead_id_of(id), lead: head.lead, external_ref: head.external_ref })
+            })
+            .collect()
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&self.pool).await?;
+        unsigned(last, "position")
+    }
+
+    async fn purge_receipts(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM receipts WHERE created_at_us < $1").bind(cutoff.as_micros()).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+
+    /// LISTENs for batches other processes commit. Notifications are lost
+    /// while the listener reconnects, so they only wake readers, which then
+    /// re-read from their own position.
+    fn forward_foreign_appends(&self, appended: watch::Sender<u64>) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::warn!(%error, "listen for appends: connect");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Err(error) = listener.listen(APPENDED_CHANNEL).await {
+                    tracing::warn!(%error, "listen for appends: subscribe");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                loop {
+                    tokio::select! {
+                        _ = appended.closed() => return,
+                        notification = listener.recv() => match notification {
+                            Ok(notification) => {
+                                if let Ok(position) = notification.payload().parse::<u64>() {
+                                    appended.send_if_modified(|seen| {
+                                        let advanced = position > *seen;
+                                        *seen = (*seen).max(position);
+                                        advanced
+                                    });
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "listen for appends: receive");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,299 @@
+//! The embedded default: the event log in one SQLite file (WAL,
+//! `synchronous=FULL`, so a committed batch survives a power loss).
+//!
+//! `BEGIN IMMEDIATE` takes SQLite's database-wide write lock before the batch
+//! reads anything, which makes it the append lock: positions are assigned
+//! under it and commit in order, also with several processes on one file.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use leadger_domain::{LeadId, Timestamp};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, Transaction};
+use uuid::Uuid;
+
+use crate::planner::{self, BatchKeys, Plan, Receipt, Snapshot};
+use crate::vault::Vault;
+use crate::{
+    CommandError, CommandOutcome, EventLog, LeadQuery, LeadSummary, PendingCommand, RecordedEvent, StoreError, as_i64,
+    lead_head, lead_id_of, recorded_event, stage, unsigned,
+};
+
+#[derive(Debug, Clone)]
+pub struct SqliteLog {
+    pool: SqlitePool,
+}
+
+type EventColumns = (i64, String, String, i64, String, i32, String, String, i64, i64);
+type HeadColumns = (String, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>);
+
+const EVENT_COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us";
+
+impl SqliteLog {
+    /// Opens (creating if missing) the database at `url` and migrates it.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn snapshot(&self, tx: &mut Transaction<'static, Sqlite>, keys: &BatchKeys) -> Result<Snapshot, StoreError> {
+        let mut snapshot = Snapshot::default();
+        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut **tx).await?;
+        snapshot.last_position = unsigned(last, "position")?;
+        let ids = json_list(keys.lead_ids.iter().map(ToString::to_string));
+        let heads: Vec<HeadColumns> = sqlx::query_as(
+            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref
+             FROM leads WHERE lead_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref) in heads {
+            let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
+            snapshot.heads.insert(parse_lead_id(&id)?, head);
+        }
+        if !keys.email_indexes.is_empty() {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT email_index, lead_id FROM leads
+                 WHERE email_index IN (SELECT value FROM json_each(?1)) AND stage NOT IN ('WON', 'LOST')",
+            )
+            .bind(json_list(keys.email_indexes.iter().cloned()))
+            .fetch_all(&mut **tx)
+            .await?;
+            for (email_index, id) in rows {
+                snapshot.open_emails.insert(email_index, parse_lead_id(&id)?);
+            }
+        }
+        if !keys.external_refs.is_empty() {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT external_ref, lead_id FROM leads WHERE external_ref IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(json_list(keys.external_refs.iter().cloned()))
+            .fetch_all(&mut **tx)
+            .await?;
+            for (external_ref, id) in rows {
+                snapshot.external_refs.insert(external_ref, parse_lead_id(&id)?);
+            }
+        }
+        if !keys.receipt_keys.is_empty() {
+            let pairs = serde_json::to_string(&keys.receipt_keys).expect("strings serialize");
+            let rows: Vec<(String, String, String, String, i64, i64, String)> = sqlx::query_as(
+                "SELECT client_id, request_id, request_hash, lead_id, version, position, stage FROM receipts
+                 WHERE (client_id, request_id) IN
+                     (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))",
+            )
+            .bind(pairs)
+            .fetch_all(&mut **tx)
+            .await?;
+            for (client_id, request_id, request_hash, id, version, position, stage_text) in rows {
+                let outcome = CommandOutcome {
+                    lead_id: parse_lead_id(&id)?,
+                    version: unsigned(version, "version")?,
+                    position: unsigned(position, "position")?,
+                    stage: stage(&stage_text)?,
+                    replayed: false,
+                };
+                snapshot.receipts.insert((client_id, request_id), Receipt { request_hash, outcome });
+            }
+        }
+        if !keys.key_leads.is_empty() {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))")
+                    .bind(json_list(keys.key_leads.iter().map(ToString::to_string)))
+                    .fetch_all(&mut **tx)
+                    .await?;
+            for (id, wrapped) in rows {
+                snapshot.wrapped_keys.insert(parse_lead_id(&id)?, wrapped);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    async fn write(tx: &mut Transaction<'static, Sqlite>, plan: &Plan) -> Result<(), StoreError> {
+        for event in &plan.events {
+            sqlx::query(
+                "INSERT INTO events (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .bind(as_i64(event.position))
+            .bind(event.event_id.hyphenated().to_string())
+            .bind(event.lead_id.to_string())
+            .bind(as_i64(event.version))
+            .bind(&event.event_type)
+            .bind(crate::codec::SCHEMA_VERSION)
+            .bind(&event.payload)
+            .bind(&event.metadata)
+            .bind(event.occurred_at.as_micros())
+            .bind(event.recorded_at.as_micros())
+            .execute(&mut **tx)
+            .await?;
+        }
+        for (lead_id, head) in &plan.heads {
+            sqlx::query(
+                "INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
+                     seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
+                     assignee = excluded.assignee, owner = excluded.owner",
+            )
+            .bind(lead_id.to_string())
+            .bind(head.lead.stage.as_str())
+            .bind(as_i64(head.lead.version))
+            .bind(head.lead.seen_by_sales)
+            .bind(head.lead.last_occurred_at.as_micros())
+            .bind(head.lead.assignee.as_ref().map(|l| l.as_str()))
+            .bind(head.lead.owner.as_ref().map(|l| l.as_str()))
+            .bind(&head.email_index)
+            .bind(&head.external_ref)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for (lead_id, wrapped) in &plan.new_keys {
+            sqlx::query("INSERT INTO lead_keys (lead_id, wrapped_key) VALUES (?1, ?2)")
+                .bind(lead_id.to_string())
+                .bind(wrapped)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for new in &plan.receipts {
+            let outcome = &new.receipt.outcome;
+            sqlx::query(
+                "INSERT INTO receipts (client_id, request_id, request_hash, lead_id, version, position, stage, created_at_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(&new.client_id)
+            .bind(&new.request_id)
+            .bind(&new.receipt.request_hash)
+            .bind(outcome.lead_id.to_string())
+            .bind(as_i64(outcome.version))
+            .bind(as_i64(outcome.position))
+            .bind(outcome.stage.as_str())
+            .bind(plan.events.first().map_or(0, |e| e.recorded_at.as_micros()))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn json_list(items: impl Iterator<Item = String>) -> String {
+    serde_json::to_string(&items.collect::<Vec<_>>()).expect("strings serialize")
+}
+
+fn parse_lead_id(text: &str) -> Result<LeadId, StoreError> {
+    Uuid::try_parse(text).map(lead_id_of).map_err(|_| StoreError::Corrupt(format!("lead id {text:?} is not a UUID")))
+}
+
+fn event_from(columns: EventColumns) -> Result<RecordedEvent, StoreError> {
+    let (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred, recorded) =
+        columns;
+    let uuid = |text: &str| Uuid::try_parse(text).map_err(|_| StoreError::Corrupt(format!("{text:?} is not a UUID")));
+    recorded_event(
+        position,
+        uuid(&event_id)?,
+        uuid(&stream_id)?,
+        version,
+        event_type,
+        schema_version,
+        payload,
+        metadata,
+        occurred,
+        recorded,
+    )
+}
+
+impl EventLog for SqliteLog {
+    async fn append_batch(
+        &self,
+        batch: &[&PendingCommand],
+        now: Timestamp,
+        vault: &Vault,
+    ) -> Result<Vec<Result<CommandOutcome, CommandError>>, StoreError> {
+        let keys = BatchKeys::of(batch, vault);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let snapshot = self.snapshot(&mut tx, &keys).await?;
+        let plan = planner::plan(batch, snapshot, now, vault)?;
+        if !plan.events.is_empty() {
+            Self::write(&mut tx, &plan).await?;
+            tx.commit().await?;
+        }
+        Ok(plan.outcomes)
+    }
+
+    async fn read_log(&self, from: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<EventColumns> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position >= ?1 ORDER BY position LIMIT ?2"
+        )))
+        .bind(as_i64(from))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(event_from).collect()
+    }
+
+    async fn lead_stream(&self, lead: LeadId) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<EventColumns> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 ORDER BY version"
+        )))
+        .bind(lead.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(event_from).collect()
+    }
+
+    async fn wrapped_keys(&self, leads: &[LeadId]) -> Result<HashMap<LeadId, String>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))")
+                .bind(json_list(leads.iter().map(ToString::to_string)))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(|(id, wrapped)| Ok((parse_lead_id(&id)?, wrapped))).collect()
+    }
+
+    async fn find_leads(&self, query: &LeadQuery) -> Result<Vec<LeadSummary>, StoreError> {
+        let rows: Vec<HeadColumns> = sqlx::query_as(
+            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref
+             FROM leads
+             WHERE (?1 IS NULL OR email_index = ?1) AND (?2 IS NULL OR external_ref = ?2) AND (?3 IS NULL OR stage = ?3)
+               AND (?4 IS NULL OR assignee = ?4) AND (?5 IS NULL OR owner = ?5) AND (?6 IS NULL OR lead_id < ?6)
+             ORDER BY lead_id DESC LIMIT ?7",
+        )
+        .bind(&query.email_index)
+        .bind(&query.external_ref)
+        .bind(query.stage.map(|s| s.as_str()))
+        .bind(&query.assignee)
+        .bind(&query.owner)
+        .bind(query.after.map(|id| id.to_string()))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, stage, version, seen, last, assignee, owner, email_index, external_ref)| {
+                let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
+                Ok(LeadSummary { lead_id: parse_lead_id(&id)?, lead: head.lead, external_ref: head.external_ref })
+            })
+            .collect()
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&self.pool).await?;
+        unsigned(last, "position")
+    }
+
+    async fn purge_receipts(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM receipts WHERE created_at_us < ?1").bind(cutoff.as_micros()).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+}
