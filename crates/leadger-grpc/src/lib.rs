@@ -1,0 +1,17 @@
+//! The gRPC adapter: `leads.v1` over tonic.
+//!
+//! Requests are validated into domain commands here ([`request`]), submitted
+//! to the store's group committer, and answered from its outcome. Protobuf
+//! types stop at this crate's edge: the domain and the store never see them.
+//! [`error::status`] is the one place where a refusal becomes a gRPC status.
+
+mod command_service;
+pub mod error;
+mod limits;
+mod present;
+mod query_service;
+mod request;
+mod server;
+
+pub use command_service::{CLIENT_ID_HEADER, CORRELATION_ID_HEADER};
+pub use server::{ServeFailure, ServerConfig, serve};

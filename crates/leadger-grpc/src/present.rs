@@ -1,0 +1,141 @@
+//! Domain values → protobuf messages.
+
+use leadger_domain::{CloseOutcome, Label, LeadEvent, LeadEventKind, LeadId, LeadProfile, Note, Stage, Timestamp};
+use leadger_proto::leads::v1 as pb;
+use leadger_store::{CommandOutcome, LeadSummary, RecordedEvent};
+
+/// Whether personal fields (email, name, phone, note, comment) are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PersonalData {
+    Include,
+    Redact,
+}
+
+pub(crate) fn stage(stage: Stage) -> pb::Stage {
+    match stage {
+        Stage::Captured => pb::Stage::Captured,
+        Stage::Mql => pb::Stage::Mql,
+        Stage::Sql => pb::Stage::Sql,
+        Stage::Rejected => pb::Stage::Rejected,
+        Stage::Won => pb::Stage::Won,
+        Stage::Lost => pb::Stage::Lost,
+    }
+}
+
+pub(crate) fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.unix_seconds(), nanos: t.subsec_nanos() }
+}
+
+pub(crate) fn command_result(outcome: &CommandOutcome) -> pb::CommandResult {
+    pb::CommandResult {
+        lead_id: outcome.lead_id.to_string(),
+        version: outcome.version,
+        position: outcome.position,
+        stage: stage(outcome.stage) as i32,
+    }
+}
+
+fn text(label: &Option<Label>) -> String {
+    label.as_ref().map(|l| l.as_str().to_string()).unwrap_or_default()
+}
+
+/// An event of the log; `decoded` is `None` when its payload cannot be read
+/// (its lead was erased), and then only the envelope is served.
+pub(crate) fn event(recorded: &RecordedEvent, decoded: Option<&LeadEvent>, personal: PersonalData) -> pb::LeadEvent {
+    let keep = |value: String| if personal == PersonalData::Include { value } else { String::new() };
+    let note = |note: &Option<Note>| keep(note.as_ref().map(|n| n.as_str().to_string()).unwrap_or_default());
+    let payload = decoded.map(|event| match &event.kind {
+        LeadEventKind::Captured(d) => pb::lead_event::Payload::Captured(pb::LeadCaptured {
+            email: keep(d.email.as_str().to_string()),
+            name: keep(text(&d.name)),
+            company: text(&d.company),
+            phone: keep(text(&d.phone)),
+            source: text(&d.source),
+            campaign: text(&d.campaign),
+            persona: text(&d.persona),
+            external_ref: text(&d.external_ref),
+        }),
+        LeadEventKind::Qualified(q) => pb::lead_event::Payload::Qualified(pb::LeadQualified {
+            score: q.score.map(|s| i32::from(s.value())),
+            note: note(&q.note),
+            assignee: text(&q.assignee),
+        }),
+        LeadEventKind::Assigned { assignee } => {
+            pb::lead_event::Payload::Assigned(pb::LeadAssigned { assignee: assignee.as_str().to_string() })
+        }
+        LeadEventKind::Accepted { owner } => {
+            pb::lead_event::Payload::Accepted(pb::LeadAccepted { owner: owner.as_str().to_string() })
+        }
+        LeadEventKind::Rejected(r) => pb::lead_event::Payload::Rejected(pb::LeadRejected {
+            reason: r.reason.as_str().to_string(),
+            note: note(&r.note),
+        }),
+        LeadEventKind::Closed(c) => pb::lead_event::Payload::Closed(match &c.outcome {
+            CloseOutcome::Won { amount } => pb::LeadClosed {
+                outcome: pb::Outcome::Won as i32,
+                amount_minor: amount.as_ref().map_or(0, |m| m.amount_minor),
+                currency: amount.as_ref().map(|m| m.currency.as_str().to_string()).unwrap_or_default(),
+                lost_reason: String::new(),
+                note: note(&c.note),
+            },
+            CloseOutcome::Lost { reason } => pb::LeadClosed {
+                outcome: pb::Outcome::Lost as i32,
+                amount_minor: 0,
+                currency: String::new(),
+                lost_reason: reason.as_str().to_string(),
+                note: note(&c.note),
+            },
+        }),
+        LeadEventKind::FeedbackRecorded(f) => pb::lead_event::Payload::FeedbackRecorded(pb::FeedbackRecorded {
+            rating: i32::from(f.rating.value()),
+            reason_codes: f.reason_codes.iter().map(|c| c.as_str().to_string()).collect(),
+            comment: keep(f.comment.as_ref().map(|n| n.as_str().to_string()).unwrap_or_default()),
+        }),
+    });
+    pb::LeadEvent {
+        position: recorded.position,
+        event_id: recorded.event_id.to_string(),
+        lead_id: recorded.lead_id.to_string(),
+        version: recorded.version,
+        r#type: recorded.event_type.trim_start_matches("lead.").to_string(),
+        occurred_at: Some(timestamp(recorded.occurred_at)),
+        recorded_at: Some(timestamp(recorded.recorded_at)),
+        request_id: recorded.metadata.request_id.clone().unwrap_or_default(),
+        correlation_id: recorded.metadata.correlation_id.clone().unwrap_or_default(),
+        payload,
+    }
+}
+
+pub(crate) fn lead(lead_id: LeadId, profile: &LeadProfile, captured_at: Timestamp) -> pb::Lead {
+    let d = &profile.details;
+    pb::Lead {
+        lead_id: lead_id.to_string(),
+        stage: stage(profile.lead.stage) as i32,
+        version: profile.lead.version,
+        email: d.email.as_str().to_string(),
+        name: text(&d.name),
+        company: text(&d.company),
+        phone: text(&d.phone),
+        source: text(&d.source),
+        campaign: text(&d.campaign),
+        persona: text(&d.persona),
+        external_ref: text(&d.external_ref),
+        score: profile.score.map(|s| i32::from(s.value())),
+        assignee: text(&profile.lead.assignee),
+        owner: text(&profile.lead.owner),
+        captured_at: Some(timestamp(captured_at)),
+        last_event_at: Some(timestamp(profile.lead.last_occurred_at)),
+    }
+}
+
+pub(crate) fn summary(found: &LeadSummary) -> pb::LeadSummary {
+    pb::LeadSummary {
+        lead_id: found.lead_id.to_string(),
+        stage: stage(found.lead.stage) as i32,
+        version: found.lead.version,
+        assignee: text(&found.lead.assignee),
+        owner: text(&found.lead.owner),
+        external_ref: found.external_ref.clone().unwrap_or_default(),
+        last_event_at: Some(timestamp(found.lead.last_occurred_at)),
+    }
+}

@@ -1,0 +1,100 @@
+//! Wiring of one gRPC server: command and query services, health, reflection,
+//! the request size limit and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use leadger_proto::leads::v1::lead_command_service_server::LeadCommandServiceServer;
+use leadger_proto::leads::v1::lead_query_service_server::LeadQueryServiceServer;
+use leadger_store::committer::Clock;
+use leadger_store::{CommitterConfig, EventLog, StoreError, Vault, spawn_committer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+use crate::command_service::CommandService;
+use crate::limits::RequestSizeLayer;
+use crate::query_service::QueryService;
+
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Largest request accepted; larger ones get `RESOURCE_EXHAUSTED`.
+    pub max_request_bytes: usize,
+    pub committer: CommitterConfig,
+    pub clock: Clock,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1024 * 1024,
+            committer: CommitterConfig::default(),
+            clock: leadger_store::committer::system_clock(),
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+/// commands finish (ending live log followers), drains the committer and
+/// returns.
+pub async fn serve<L: EventLog>(
+    log: Arc<L>,
+    vault: Arc<Vault>,
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeFailure> {
+    let head = log.head_position().await.map_err(ServeFailure::Store)?;
+    let (gateway, committer) = spawn_committer(log.clone(), vault.clone(), config.clock.clone(), config.committer, head);
+    let (stopping_tx, stopping) = watch::channel(false);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<LeadCommandServiceServer<CommandService>>().await;
+    health.set_serving::<LeadQueryServiceServer<QueryService<L>>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(leadger_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeFailure::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(leadger_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeFailure::Reflection(e.to_string()))?;
+    let limit = config.max_request_bytes;
+    let commands = LeadCommandServiceServer::new(CommandService::new(gateway.clone())).max_decoding_message_size(limit);
+    let queries = LeadQueryServiceServer::new(QueryService::new(log, vault, gateway.committed(), stopping))
+        .max_decoding_message_size(limit);
+    drop(gateway);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        health.set_not_serving::<LeadCommandServiceServer<CommandService>>().await;
+        let _ = stopping_tx.send(true);
+    };
+    tonic::transport::Server::builder()
+        .layer(RequestSizeLayer { max_request_bytes: limit })
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(commands)
+        .add_service(queries)
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await
+        .map_err(|e| ServeFailure::Transport(e.to_string()))?;
+    committer.await.map_err(|e| ServeFailure::Committer(e.to_string()))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeFailure {
+    #[error("read the log head: {0}")]
+    Store(StoreError),
+    #[error("build the reflection service: {0}")]
+    Reflection(String),
+    #[error("serve gRPC: {0}")]
+    Transport(String),
+    #[error("the committer task failed: {0}")]
+    Committer(String),
+}
