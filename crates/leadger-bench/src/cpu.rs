@@ -1,0 +1,122 @@
+//! Where the CPU goes during a measurement: CPU time of the leadger server,
+//! of the PostgreSQL processes, of the load generator itself and of the
+//! whole machine, read from `/proc` at the start and end of the window and
+//! reported in cores (1.0 = one core busy the whole time).
+//!
+//! Linux only; elsewhere every figure is simply missing.
+
+use std::fs;
+use std::process::Command;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::process;
+
+/// The processes to account for; a missing one is left out of the figures.
+#[derive(Debug, Clone, Default)]
+pub struct WatchedProcesses {
+    pub server: Option<u32>,
+    /// The postmaster; its children (one backend per connection, the WAL
+    /// writer, the checkpointer, …) count with it.
+    pub postmaster: Option<u32>,
+}
+
+/// CPU time in clock ticks at one instant.
+#[derive(Debug, Clone)]
+pub struct CpuSample {
+    at: Instant,
+    server: Option<u64>,
+    postgres: Option<u64>,
+    bench: Option<u64>,
+    machine_busy: Option<u64>,
+}
+
+/// Average number of cores each party kept busy between two samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuUse {
+    pub server_cores: Option<f64>,
+    pub postgres_cores: Option<f64>,
+    pub bench_cores: Option<f64>,
+    pub machine_busy_cores: Option<f64>,
+}
+
+impl WatchedProcesses {
+    pub fn sample(&self) -> CpuSample {
+        CpuSample {
+            at: Instant::now(),
+            server: self.server.and_then(process_ticks),
+            postgres: self.postmaster.map(postgres_ticks),
+            bench: process_ticks(std::process::id()),
+            machine_busy: machine_busy_ticks(),
+        }
+    }
+}
+
+impl CpuSample {
+    /// CPU use from `self` (earlier) to `end`.
+    pub fn until(&self, end: &CpuSample) -> CpuUse {
+        let seconds = end.at.duration_since(self.at).as_secs_f64();
+        let ticks_per_second = clock_ticks_per_second();
+        let cores = |start: Option<u64>, end: Option<u64>| match (start, end) {
+            (Some(start), Some(end)) if seconds > 0.0 => Some(end.saturating_sub(start) as f64 / ticks_per_second / seconds),
+            _ => None,
+        };
+        CpuUse {
+            server_cores: cores(self.server, end.server),
+            postgres_cores: cores(self.postgres, end.postgres),
+            bench_cores: cores(self.bench, end.bench),
+            machine_busy_cores: cores(self.machine_busy, end.machine_busy),
+        }
+    }
+}
+
+/// `utime + stime` of one process, from `/proc/PID/stat`.
+fn process_ticks(pid: u32) -> Option<u64> {
+    stat_fields(pid).map(|fields| fields.user_and_system_ticks)
+}
+
+/// The postmaster and its children. A backend that exits between two samples
+/// takes its ticks with it; leadger keeps its connections open, so that is rare.
+fn postgres_ticks(postmaster: u32) -> u64 {
+    let Ok(entries) = fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| stat_fields(pid).map(|fields| (pid, fields)))
+        .filter(|(pid, fields)| *pid == postmaster || fields.parent == postmaster)
+        .map(|(_, fields)| fields.user_and_system_ticks)
+        .sum()
+}
+
+struct StatFields {
+    parent: u32,
+    user_and_system_ticks: u64,
+}
+
+fn stat_fields(pid: u32) -> Option<StatFields> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 4 (ppid), 14 (utime) and 15 (stime) of proc(5), counted after field 2.
+    let parent = fields.get(1)?.parse().ok()?;
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(StatFields { parent, user_and_system_ticks: user + system })
+}
+
+/// Busy ticks of all CPUs from the first line of `/proc/stat`: everything
+/// but idle and iowait.
+fn machine_busy_ticks() -> Option<u64> {
+    let text = fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line.split_whitespace().filter_map(|field| field.parse().ok()).collect();
+    let (idle, iowait) = (*ticks.get(3)?, *ticks.get(4)?);
+    // guest and guest_nice (fields 9 and 10) are already counted in user and nice.
+    Some(ticks.iter().take(8).sum::<u64>() - idle - iowait)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    process::probe(Command::new("getconf").arg("CLK_TCK")).and_then(|text| text.parse().ok()).unwrap_or(100.0)
+}

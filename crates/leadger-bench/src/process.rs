@@ -1,0 +1,57 @@
+//! Running the helper programs the harness depends on (`initdb`, `pg_ctl`,
+//! `leadger kek generate`, `git`, …): to completion, with their output in the
+//! error when they fail.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+/// Runs `command` to completion and returns its trimmed stdout; fails with
+/// its stderr when it cannot start or exits unsuccessfully.
+pub fn run(command: &mut Command) -> anyhow::Result<String> {
+    let shown = describe(command);
+    let output = command.stdin(Stdio::null()).output().with_context(|| format!("start `{shown}`"))?;
+    if !output.status.success() {
+        bail!(
+            "`{shown}` failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim(),
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// `run`, for probes whose failure only means "unknown".
+pub fn probe(command: &mut Command) -> Option<String> {
+    run(command).ok().filter(|text| !text.is_empty())
+}
+
+/// The program and its arguments, as one would type them.
+pub fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether this process runs as root: `/proc/self` belongs to the effective
+/// user.
+pub fn is_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(error) => format!("(cannot read {}: {error})", path.display()),
+    }
+}

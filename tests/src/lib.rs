@@ -1,0 +1,269 @@
+//! The test harness: real dependencies, started per test on free ports in
+//! temp dirs and cleaned up on drop.
+//!
+//! - PostgreSQL: one cluster per test run, started by `tests/run.sh`, which
+//!   exports its admin URL as `LEADGER_TEST_PG_URL`; every test gets a fresh
+//!   database in it ([`fresh_postgres_database`]).
+//! - SQLite: a new file in a temp dir per test.
+//! - gRPC: [`TestServer`] serves the real services on a real socket (port 0);
+//!   [`ServerProcess`] runs the real `leadger` binary as a child process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use leadger_proto::leads::v1::lead_command_service_client::LeadCommandServiceClient;
+use leadger_proto::leads::v1::lead_query_service_client::LeadQueryServiceClient;
+use leadger_store::{PostgresLog, SqliteLog, Vault};
+use sqlx::Connection;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub use leadger_proto::leads::v1 as pb;
+
+/// Environment variable holding the admin URL of the test run's PostgreSQL.
+pub const PG_URL_ENV: &str = "LEADGER_TEST_PG_URL";
+
+/// Which event log a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The admin URL of the test run's PostgreSQL cluster. Fails loudly (rather
+/// than skipping) when the run was not started by `tests/run.sh`.
+pub fn postgres_admin_url() -> String {
+    std::env::var(PG_URL_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{PG_URL_ENV} is not set: run the test suite with `bash tests/run.sh`, which installs PostgreSQL \
+             when it is missing and starts a throwaway cluster for the run"
+        )
+    })
+}
+
+/// Creates an empty database in the test run's cluster; returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    let admin = postgres_admin_url();
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let mut connection = sqlx::PgConnection::connect(&admin).await.expect("connect to the test cluster");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut connection)
+        .await
+        .expect("create a test database");
+    let (base, _) = admin.rsplit_once('/').expect("admin url has a database name");
+    format!("{base}/{name}")
+}
+
+/// A database for one test: a SQLite file in a temp dir, or a fresh
+/// PostgreSQL database; plus a KEK file.
+pub struct TestDatabase {
+    pub backend: Backend,
+    pub url: String,
+    pub kek_file: PathBuf,
+    pub dir: TempDir,
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("leadger.db").display()),
+            Backend::Postgres => fresh_postgres_database().await,
+        };
+        let kek_file = dir.path().join("leadger.kek");
+        Vault::open(&kek_file, leadger_store::MissingKek::Create).expect("create a KEK");
+        Self { backend, url, kek_file, dir }
+    }
+
+    pub fn vault(&self) -> Vault {
+        Vault::open(&self.kek_file, leadger_store::MissingKek::Fail).expect("read the KEK").0
+    }
+
+    /// Every stored text of the database (events, leads, receipts), for
+    /// checking that no personal data is stored in clear.
+    pub async fn dump(&self) -> String {
+        let queries = [
+            "SELECT payload || ' ' || metadata FROM events",
+            "SELECT lead_id || ' ' || email_index || ' ' || COALESCE(assignee, '') || COALESCE(external_ref, '') FROM leads",
+            "SELECT client_id || ' ' || request_id || ' ' || request_hash FROM receipts",
+        ];
+        let mut dump = String::new();
+        for query in queries {
+            let rows: Vec<(String,)> = match self.backend {
+                Backend::Sqlite => {
+                    let mut c = sqlx::SqliteConnection::connect(&self.url).await.expect("open sqlite");
+                    sqlx::query_as(query).fetch_all(&mut c).await.expect("dump")
+                }
+                Backend::Postgres => {
+                    let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+                    let query = query.replace("payload ||", "payload::text ||").replace("metadata FROM", "metadata::text FROM").replace("lead_id ||", "lead_id::text ||");
+                    sqlx::query_as(sqlx::AssertSqlSafe(query)).fetch_all(&mut c).await.expect("dump")
+                }
+            };
+            for (row,) in rows {
+                dump.push_str(&row);
+                dump.push('\n');
+            }
+        }
+        dump
+    }
+}
+
+/// The real gRPC services on a real socket, in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub database: TestDatabase,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), leadger_grpc::ServeFailure>>>,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, leadger_grpc::ServerConfig::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, config: leadger_grpc::ServerConfig) -> Self {
+        let database = TestDatabase::new(backend).await;
+        let vault = Arc::new(database.vault());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = match backend {
+            Backend::Sqlite => {
+                let log = Arc::new(SqliteLog::connect(&database.url).await.expect("open sqlite"));
+                tokio::spawn(leadger_grpc::serve(log, vault, listener, config, shutdown))
+            }
+            Backend::Postgres => {
+                let log = Arc::new(PostgresLog::connect(&database.url).await.expect("connect postgres"));
+                tokio::spawn(leadger_grpc::serve(log, vault, listener, config, shutdown))
+            }
+        };
+        let server = Self { addr, database, stop: Some(stop), task: Some(task) };
+        wait_until_serving(addr).await.expect("server becomes ready");
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint()).expect("valid uri").connect().await.expect("connect")
+    }
+
+    pub async fn commands(&self) -> LeadCommandServiceClient<Channel> {
+        LeadCommandServiceClient::new(self.channel().await)
+    }
+
+    pub async fn queries(&self) -> LeadQueryServiceClient<Channel> {
+        LeadQueryServiceClient::new(self.channel().await)
+    }
+
+    /// Graceful shutdown; returns once the server finished.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Polls the gRPC health service until it answers SERVING (10 s deadline).
+pub async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = async {
+            let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await?
+                .into_inner()
+                .status;
+            anyhow::ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+            anyhow::Ok(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() > deadline => return Err(error.context(format!("{addr} is not serving"))),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// The real `leadger` binary as a child process; killed on drop.
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl ServerProcess {
+    /// `binary serve` (see [`leadger_binary!`]) with `args` (plus `--listen` on a free port) in `cwd`.
+    pub async fn start(binary: &Path, cwd: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let child = tokio::process::Command::new(binary)
+            .arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn leadger")?;
+        let mut process = Self { addr, child };
+        if let Err(error) = wait_until_serving(addr).await {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                bail!("leadger exited with {status} before serving: {error:#}");
+            }
+            return Err(error);
+        }
+        Ok(process)
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("process already reaped")?;
+        let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.context("exit after SIGTERM")??)
+    }
+}
+
+/// Path of the real CLI built for this test run (cargo sets it for this
+/// package's integration tests only, hence a macro).
+#[macro_export]
+macro_rules! leadger_binary {
+    () => {
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_leadger-under-test"))
+    };
+}
