@@ -129,7 +129,11 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, config: leadger_grpc::ServerConfig) -> Self {
-        let database = TestDatabase::new(backend).await;
+        Self::start_on(TestDatabase::new(backend).await, config).await
+    }
+
+    pub async fn start_on(database: TestDatabase, config: leadger_grpc::ServerConfig) -> Self {
+        let backend = database.backend;
         let vault = Arc::new(database.vault());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
         let addr = listener.local_addr().expect("local addr");
