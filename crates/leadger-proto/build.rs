@@ -12,8 +12,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([&file], [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("leads_descriptor.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure()
-        .codec_path("crate::codec::StrictProstCodec")
-        .compile_fds(descriptors)?;
+    tonic_prost_build::configure().codec_path("crate::codec::StrictProstCodec").compile_fds(descriptors)?;
     Ok(())
 }

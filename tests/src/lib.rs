@@ -102,7 +102,10 @@ impl TestDatabase {
                 }
                 Backend::Postgres => {
                     let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
-                    let query = query.replace("payload ||", "payload::text ||").replace("metadata FROM", "metadata::text FROM").replace("lead_id ||", "lead_id::text ||");
+                    let query = query
+                        .replace("payload ||", "payload::text ||")
+                        .replace("metadata FROM", "metadata::text FROM")
+                        .replace("lead_id ||", "lead_id::text ||");
                     sqlx::query_as(sqlx::AssertSqlSafe(query)).fetch_all(&mut c).await.expect("dump")
                 }
             };

@@ -22,7 +22,9 @@ fn check_gapless(seen: &[u64], last: u64) -> Result<(), String> {
     let mut expected = 1;
     for &position in seen {
         if position != expected {
-            return Err(format!("expected position {expected}, the reader got {position}: position {expected} was skipped"));
+            return Err(format!(
+                "expected position {expected}, the reader got {position}: position {expected} was skipped"
+            ));
         }
         expected += 1;
     }
@@ -36,7 +38,11 @@ fn check_gapless(seen: &[u64], last: u64) -> Result<(), String> {
 async fn tail(channel: Channel) -> mpsc::UnboundedReceiver<u64> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut queries = LeadQueryServiceClient::new(channel);
-    let mut stream = queries.read_log(pb::ReadLogRequest { from_position: 1, follow: true }).await.expect("follow the log").into_inner();
+    let mut stream = queries
+        .read_log(pb::ReadLogRequest { from_position: 1, follow: true })
+        .await
+        .expect("follow the log")
+        .into_inner();
     tokio::spawn(async move {
         while let Ok(Some(item)) = stream.message().await {
             if tx.send(item.event.expect("event").position).is_err() {
@@ -82,7 +88,8 @@ async fn two_servers_many_writers_and_a_tailing_reader_see_every_position_once()
                         email: format!("s{server}-w{writer}-{n}@gap.example"),
                         ..Default::default()
                     };
-                    let result = commands.capture_lead(request).await.expect("capture").into_inner().result.expect("result");
+                    let result =
+                        commands.capture_lead(request).await.expect("capture").into_inner().result.expect("result");
                     acknowledged.push(result.position);
                 }
                 acknowledged
@@ -95,7 +102,11 @@ async fn two_servers_many_writers_and_a_tailing_reader_see_every_position_once()
     }
     let total = (2 * WRITERS_PER_SERVER * LEADS_PER_WRITER) as u64;
     assert_eq!(acknowledged.len() as u64, total);
-    assert_eq!(acknowledged.iter().copied().collect::<HashSet<_>>().len() as u64, total, "each command got its own position");
+    assert_eq!(
+        acknowledged.iter().copied().collect::<HashSet<_>>().len() as u64,
+        total,
+        "each command got its own position"
+    );
     assert_eq!(acknowledged.iter().max(), Some(&total));
 
     let mut seen = Vec::new();
@@ -127,14 +138,23 @@ async fn the_checker_catches_a_sequence_based_writer_skipping_an_event() {
         .fetch_one(&mut *slow_tx)
         .await
         .expect("insert");
-    let (fast_position,): (i64,) =
-        sqlx::query_as(insert).bind(uuid::Uuid::now_v7()).bind(uuid::Uuid::now_v7()).fetch_one(&mut setup).await.expect("insert");
+    let (fast_position,): (i64,) = sqlx::query_as(insert)
+        .bind(uuid::Uuid::now_v7())
+        .bind(uuid::Uuid::now_v7())
+        .fetch_one(&mut setup)
+        .await
+        .expect("insert");
     assert_eq!((slow_position, fast_position), (1, 2));
     let mut seen = Vec::new();
     read_until(&mut positions, &mut seen, 2).await;
     assert_eq!(seen, [2], "the reader moved past the uncommitted position 1");
     slow_tx.commit().await.expect("commit the slow writer");
-    sqlx::query_as::<_, (i64,)>(insert).bind(uuid::Uuid::now_v7()).bind(uuid::Uuid::now_v7()).fetch_one(&mut setup).await.expect("insert");
+    sqlx::query_as::<_, (i64,)>(insert)
+        .bind(uuid::Uuid::now_v7())
+        .bind(uuid::Uuid::now_v7())
+        .fetch_one(&mut setup)
+        .await
+        .expect("insert");
     read_until(&mut positions, &mut seen, 3).await;
 
     let verdict = check_gapless(&seen, 3);

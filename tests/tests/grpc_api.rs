@@ -52,7 +52,10 @@ fn capture(email: &str) -> pb::CaptureLeadRequest {
     }
 }
 
-fn result_of<T>(response: Result<tonic::Response<T>, Status>, pick: impl FnOnce(T) -> Option<pb::CommandResult>) -> pb::CommandResult {
+fn result_of<T>(
+    response: Result<tonic::Response<T>, Status>,
+    pick: impl FnOnce(T) -> Option<pb::CommandResult>,
+) -> pb::CommandResult {
     let response = response.unwrap_or_else(|status| panic!("command failed: {status:?}"));
     pick(response.into_inner()).expect("response carries a result")
 }
@@ -65,7 +68,10 @@ fn expect_code<T: std::fmt::Debug>(response: Result<T, Status>, code: Code) -> S
 }
 
 fn violated_fields(status: &Status) -> Vec<String> {
-    status.get_details_bad_request().map(|b| b.field_violations.into_iter().map(|v| v.field).collect()).unwrap_or_default()
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
 }
 
 fn error_info(status: &Status) -> (String, std::collections::HashMap<String, String>) {
@@ -102,7 +108,10 @@ async fn full_lifecycle_with_history_and_search(backend: Backend) {
     let mut commands = server.commands().await;
     let captured = result_of(commands.capture_lead(capture("Ada@Example.com")).await, |r| r.result);
     assert_eq!((captured.version, captured.stage), (1, pb::Stage::Captured as i32));
-    assert!(uuid::Uuid::parse_str(&captured.lead_id).is_ok_and(|id| id.get_version_num() == 7), "server makes a UUIDv7");
+    assert!(
+        uuid::Uuid::parse_str(&captured.lead_id).is_ok_and(|id| id.get_version_num() == 7),
+        "server makes a UUIDv7"
+    );
     let lead = Lead { id: captured.lead_id.clone() };
     let qualified = qualify(&server, &lead, "rep-7").await.expect("qualify");
     assert_eq!((qualified.version, qualified.stage), (2, pb::Stage::Mql as i32));
@@ -124,7 +133,11 @@ async fn full_lifecycle_with_history_and_search(backend: Backend) {
         |r| r.result,
     );
     assert_eq!((closed.version, closed.stage), (4, pb::Stage::Won as i32));
-    assert!(captured.position < qualified.position && qualified.position < accepted.position && accepted.position < closed.position);
+    assert!(
+        captured.position < qualified.position
+            && qualified.position < accepted.position
+            && accepted.position < closed.position
+    );
 
     let mut queries = server.queries().await;
     let got = queries.get_lead(pb::GetLeadRequest { lead_id: lead.id.clone() }).await.expect("get lead").into_inner();
@@ -145,7 +158,9 @@ async fn full_lifecycle_with_history_and_search(backend: Backend) {
         other => panic!("unexpected payload {other:?}"),
     }
     match &got.events[3].payload {
-        Some(pb::lead_event::Payload::Closed(c)) => assert_eq!((c.amount_minor, c.currency.as_str()), (1_250_000, "EUR")),
+        Some(pb::lead_event::Payload::Closed(c)) => {
+            assert_eq!((c.amount_minor, c.currency.as_str()), (1_250_000, "EUR"))
+        }
         other => panic!("unexpected payload {other:?}"),
     }
 
@@ -156,13 +171,21 @@ async fn full_lifecycle_with_history_and_search(backend: Backend) {
         .into_inner();
     assert_eq!(by_email.leads.iter().map(|l| l.lead_id.as_str()).collect::<Vec<_>>(), [lead.id.as_str()]);
     let by_owner = queries
-        .find_leads(pb::FindLeadsRequest { owner: "rep-7".to_string(), stage: pb::Stage::Won as i32, ..Default::default() })
+        .find_leads(pb::FindLeadsRequest {
+            owner: "rep-7".to_string(),
+            stage: pb::Stage::Won as i32,
+            ..Default::default()
+        })
         .await
         .expect("find")
         .into_inner();
     assert_eq!(by_owner.leads.len(), 1);
     let nobody = queries
-        .find_leads(pb::FindLeadsRequest { owner: "rep-7".to_string(), stage: pb::Stage::Mql as i32, ..Default::default() })
+        .find_leads(pb::FindLeadsRequest {
+            owner: "rep-7".to_string(),
+            stage: pb::Stage::Mql as i32,
+            ..Default::default()
+        })
         .await
         .expect("find")
         .into_inner();
@@ -214,7 +237,8 @@ async fn invalid_fields_are_named(backend: Backend) {
     assert_eq!(fields, ["email", "lead_id", "name", "occurred_at", "phone"]);
     assert!(status.message().contains("email"), "{}", status.message());
 
-    let missing_email = expect_code(commands.capture_lead(pb::CaptureLeadRequest::default()).await, Code::InvalidArgument);
+    let missing_email =
+        expect_code(commands.capture_lead(pb::CaptureLeadRequest::default()).await, Code::InvalidArgument);
     assert_eq!(violated_fields(&missing_email), ["email"]);
     let long_email = format!("{}@{}.com", "a".repeat(60), "b".repeat(200));
     let status = expect_code(commands.capture_lead(capture(&long_email)).await, Code::InvalidArgument);
@@ -224,7 +248,11 @@ async fn invalid_fields_are_named(backend: Backend) {
     let cases: Vec<(Result<tonic::Response<pb::RejectLeadResponse>, Status>, &str)> = vec![
         (
             commands
-                .reject_lead(pb::RejectLeadRequest { lead_id: lead.id.clone(), reason: "No Budget".into(), ..Default::default() })
+                .reject_lead(pb::RejectLeadRequest {
+                    lead_id: lead.id.clone(),
+                    reason: "No Budget".into(),
+                    ..Default::default()
+                })
                 .await,
             "reason",
         ),
@@ -239,7 +267,10 @@ async fn invalid_fields_are_named(backend: Backend) {
                 .await,
             "note",
         ),
-        (commands.reject_lead(pb::RejectLeadRequest { reason: "no-budget".into(), ..Default::default() }).await, "lead_id"),
+        (
+            commands.reject_lead(pb::RejectLeadRequest { reason: "no-budget".into(), ..Default::default() }).await,
+            "lead_id",
+        ),
     ];
     for (response, field) in cases {
         let status = expect_code(response, Code::InvalidArgument);
@@ -269,7 +300,8 @@ async fn invalid_fields_are_named(backend: Backend) {
         (6, vec![], "rating"),
         (3, vec!["good-fit".to_string(), "Bad Fit".to_string()], "reason_codes[1]"),
     ] {
-        let request = pb::RecordFeedbackRequest { lead_id: lead.id.clone(), rating, reason_codes: codes, ..Default::default() };
+        let request =
+            pb::RecordFeedbackRequest { lead_id: lead.id.clone(), rating, reason_codes: codes, ..Default::default() };
         let status = expect_code(commands.record_feedback(request).await, Code::InvalidArgument);
         assert_eq!(violated_fields(&status), [field]);
     }
@@ -279,7 +311,8 @@ async fn invalid_fields_are_named(backend: Backend) {
     );
     assert_eq!(violated_fields(&status), ["assignee"]);
     let mut queries = server.queries().await;
-    let status = expect_code(queries.get_lead(pb::GetLeadRequest { lead_id: "42".into() }).await, Code::InvalidArgument);
+    let status =
+        expect_code(queries.get_lead(pb::GetLeadRequest { lead_id: "42".into() }).await, Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["lead_id"]);
     let status = expect_code(
         queries.find_leads(pb::FindLeadsRequest { page_size: -1, page_token: "x".into(), ..Default::default() }).await,
@@ -293,9 +326,8 @@ async fn invalid_fields_are_named(backend: Backend) {
 async fn send_raw(server: &TestServer, path: &'static str, body: Vec<u8>) -> Status {
     let mut grpc = tonic::client::Grpc::new(server.channel().await);
     grpc.ready().await.expect("ready");
-    let result: Result<tonic::Response<pb::CaptureLeadResponse>, Status> = grpc
-        .unary(Request::new(RawBytes(body)), http::uri::PathAndQuery::from_static(path), RawCodec)
-        .await;
+    let result: Result<tonic::Response<pb::CaptureLeadResponse>, Status> =
+        grpc.unary(Request::new(RawBytes(body)), http::uri::PathAndQuery::from_static(path), RawCodec).await;
     result.expect_err("raw request is refused")
 }
 
@@ -325,7 +357,13 @@ async fn unknown_lead_is_not_found(backend: Backend) {
     let mut commands = server.commands().await;
     let missing = uuid::Uuid::now_v7().to_string();
     let status = expect_code(
-        commands.assign_lead(pb::AssignLeadRequest { lead_id: missing.clone(), assignee: "rep-1".into(), ..Default::default() }).await,
+        commands
+            .assign_lead(pb::AssignLeadRequest {
+                lead_id: missing.clone(),
+                assignee: "rep-1".into(),
+                ..Default::default()
+            })
+            .await,
         Code::NotFound,
     );
     assert!(status.message().contains(&missing));
@@ -338,18 +376,20 @@ async fn stage_refusals_name_stage_and_command(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut commands = server.commands().await;
     let lead = captured(&server, "stage@example.com").await;
-    let won = pb::CloseLeadRequest {
-        lead_id: lead.id.clone(),
-        outcome: pb::Outcome::Won as i32,
-        ..Default::default()
-    };
+    let won = pb::CloseLeadRequest { lead_id: lead.id.clone(), outcome: pb::Outcome::Won as i32, ..Default::default() };
     let status = expect_code(commands.close_lead(won).await, Code::FailedPrecondition);
     assert!(status.message().contains("CAPTURED") && status.message().contains("CloseLead"), "{}", status.message());
     let (reason, metadata) = error_info(&status);
     assert_eq!(reason, "STAGE_DOES_NOT_ALLOW");
     assert_eq!(metadata.get("stage").map(String::as_str), Some("CAPTURED"));
     let status = expect_code(
-        commands.reject_lead(pb::RejectLeadRequest { lead_id: lead.id.clone(), reason: "no-budget".into(), ..Default::default() }).await,
+        commands
+            .reject_lead(pb::RejectLeadRequest {
+                lead_id: lead.id.clone(),
+                reason: "no-budget".into(),
+                ..Default::default()
+            })
+            .await,
         Code::FailedPrecondition,
     );
     assert!(status.message().contains("RejectLead"));
@@ -389,7 +429,13 @@ async fn expected_version_mismatch_is_aborted(backend: Backend) {
     let ok = result_of(commands.assign_lead(assign(2, "rep-2")).await, |r| r.result);
     assert_eq!(ok.version, 3);
     let status = expect_code(
-        commands.capture_lead(pb::CaptureLeadRequest { expected_version: Some(0), lead_id: lead.id.clone(), ..capture("x@example.com") }).await,
+        commands
+            .capture_lead(pb::CaptureLeadRequest {
+                expected_version: Some(0),
+                lead_id: lead.id.clone(),
+                ..capture("x@example.com")
+            })
+            .await,
         Code::Aborted,
     );
     assert!(status.message().contains("expected_version"));
@@ -409,13 +455,15 @@ async fn idempotent_retries_replay_the_original_response(backend: Backend) {
     assert_eq!(error_info(&status).0, "REQUEST_ID_REUSED");
 
     // A request id is scoped to the calling client.
-    let mut other_client = Request::new(pb::CaptureLeadRequest { email: "other@example.com".into(), ..request.clone() });
+    let mut other_client =
+        Request::new(pb::CaptureLeadRequest { email: "other@example.com".into(), ..request.clone() });
     other_client.metadata_mut().insert("x-client-id", "crm-importer".parse().expect("ascii"));
     let other = result_of(commands.capture_lead(other_client).await, |r| r.result);
     assert_ne!(other.lead_id, first.lead_id);
 
     let lead = Lead { id: first.lead_id.clone() };
-    let qualify_once = pb::QualifyLeadRequest { request_id: "q-1".into(), lead_id: lead.id.clone(), ..Default::default() };
+    let qualify_once =
+        pb::QualifyLeadRequest { request_id: "q-1".into(), lead_id: lead.id.clone(), ..Default::default() };
     let q1 = result_of(commands.qualify_lead(qualify_once.clone()).await, |r| r.result);
     let q2 = result_of(commands.qualify_lead(qualify_once).await, |r| r.result);
     assert_eq!(q1, q2);
@@ -485,11 +533,14 @@ async fn business_time_is_bounded(backend: Backend) {
     // Imported history: a capture a year ago keeps its business time, to the microsecond.
     let year_ago = now - 365 * 24 * 3600;
     let imported = result_of(
-        commands.capture_lead(pb::CaptureLeadRequest { occurred_at: at(year_ago), ..capture("past@example.com") }).await,
+        commands
+            .capture_lead(pb::CaptureLeadRequest { occurred_at: at(year_ago), ..capture("past@example.com") })
+            .await,
         |r| r.result,
     );
     let lead = Lead { id: imported.lead_id };
-    let earlier = pb::QualifyLeadRequest { lead_id: lead.id.clone(), occurred_at: at(year_ago - 1), ..Default::default() };
+    let earlier =
+        pb::QualifyLeadRequest { lead_id: lead.id.clone(), occurred_at: at(year_ago - 1), ..Default::default() };
     let status = expect_code(commands.qualify_lead(earlier).await, Code::FailedPrecondition);
     assert!(status.message().contains("occurred_at"));
     let mut queries = server.queries().await;
@@ -522,7 +573,10 @@ async fn a_bad_command_fails_alone_in_its_batch(backend: Backend) {
                     })
                     .await
                     .map(|_| ()),
-                _ => commands.reject_lead(pb::RejectLeadRequest { lead_id, reason: "no-fit".into(), ..Default::default() }).await.map(|_| ()),
+                _ => commands
+                    .reject_lead(pb::RejectLeadRequest { lead_id, reason: "no-fit".into(), ..Default::default() })
+                    .await
+                    .map(|_| ()),
             };
             (n % 4, outcome.map_err(|s| s.code()))
         }));
@@ -538,7 +592,8 @@ async fn a_bad_command_fails_alone_in_its_batch(backend: Backend) {
         assert_eq!(outcome, expected, "command kind {kind}");
     }
     let mut queries = server.queries().await;
-    let mut log = queries.read_log(pb::ReadLogRequest { from_position: 1, follow: false }).await.expect("read").into_inner();
+    let mut log =
+        queries.read_log(pb::ReadLogRequest { from_position: 1, follow: false }).await.expect("read").into_inner();
     let mut positions = Vec::new();
     while let Some(item) = log.message().await.expect("stream") {
         positions.push(item.event.expect("event").position);
@@ -573,7 +628,9 @@ async fn personal_data_is_never_stored_in_clear(backend: Backend) {
         .expect("feedback");
     let dump = server.database.dump().await;
     assert!(dump.contains("no-budget"), "the dump does hold the log: {dump}");
-    for secret in ["Grace", "grace", "Hopper", "Navy", "navy", "Ada Lovelace", "7946", "secret remark", "asked for a demo"] {
+    for secret in
+        ["Grace", "grace", "Hopper", "Navy", "navy", "Ada Lovelace", "7946", "secret remark", "asked for a demo"]
+    {
         assert!(!dump.contains(secret), "{secret:?} is stored in clear:\n{dump}");
     }
     let mut queries = server.queries().await;
@@ -587,7 +644,8 @@ async fn read_log_streams_in_order_and_follows(backend: Backend) {
     let mut queries = server.queries().await;
     let first = captured(&server, "log-1@example.com").await;
     qualify(&server, &first, "rep-1").await.expect("qualify");
-    let mut follower = queries.read_log(pb::ReadLogRequest { from_position: 2, follow: true }).await.expect("follow").into_inner();
+    let mut follower =
+        queries.read_log(pb::ReadLogRequest { from_position: 2, follow: true }).await.expect("follow").into_inner();
     let event = follower.message().await.expect("stream").expect("event").event.expect("event");
     assert_eq!((event.position, event.r#type.as_str(), event.version), (2, "qualified", 2));
     match event.payload {
@@ -663,7 +721,8 @@ impl tonic::codec::Codec for RawCodec {
     type Encode = RawBytes;
     type Decode = pb::CaptureLeadResponse;
     type Encoder = RawEncoder;
-    type Decoder = <tonic_prost::ProstCodec<pb::CaptureLeadRequest, pb::CaptureLeadResponse> as tonic::codec::Codec>::Decoder;
+    type Decoder =
+        <tonic_prost::ProstCodec<pb::CaptureLeadRequest, pb::CaptureLeadResponse> as tonic::codec::Codec>::Decoder;
     fn encoder(&mut self) -> RawEncoder {
         RawEncoder
     }

@@ -7,8 +7,9 @@ use leadger_tests::{Backend, TestServer};
 use serde_json::Value;
 
 fn grpcurl() -> String {
-    std::env::var("LEADGER_GRPCURL")
-        .unwrap_or_else(|_| panic!("LEADGER_GRPCURL is not set: run the suite with `bash tests/run.sh`, which installs grpcurl"))
+    std::env::var("LEADGER_GRPCURL").unwrap_or_else(|_| {
+        panic!("LEADGER_GRPCURL is not set: run the suite with `bash tests/run.sh`, which installs grpcurl")
+    })
 }
 
 fn call(server: &TestServer, method: &str, body: &str) -> Value {

@@ -14,7 +14,12 @@ async fn channel(server: &ServerProcess) -> Channel {
 }
 
 fn capture(email: String) -> pb::CaptureLeadRequest {
-    pb::CaptureLeadRequest { request_id: uuid::Uuid::now_v7().to_string(), email, name: "Linus".into(), ..Default::default() }
+    pb::CaptureLeadRequest {
+        request_id: uuid::Uuid::now_v7().to_string(),
+        email,
+        name: "Linus".into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,13 +37,20 @@ async fn serve_without_flags_creates_its_sqlite_log_and_key_and_keeps_them() {
     }
     let key_before = std::fs::read_to_string(&kek).expect("kek");
     let mut commands = LeadCommandServiceClient::new(channel(&server).await);
-    let lead = commands.capture_lead(capture("linus@example.com".into())).await.expect("capture").into_inner().result.expect("result");
+    let lead = commands
+        .capture_lead(capture("linus@example.com".into()))
+        .await
+        .expect("capture")
+        .into_inner()
+        .result
+        .expect("result");
     assert_eq!(server.terminate().await.expect("terminate").code(), Some(0), "SIGTERM exits 0");
 
     let again = ServerProcess::start(&leadger_binary!(), dir.path(), &[]).await.expect("restart");
     assert_eq!(std::fs::read_to_string(&kek).expect("kek"), key_before, "the key is reused, not replaced");
     let mut queries = LeadQueryServiceClient::new(channel(&again).await);
-    let got = queries.get_lead(pb::GetLeadRequest { lead_id: lead.lead_id }).await.expect("get after restart").into_inner();
+    let got =
+        queries.get_lead(pb::GetLeadRequest { lead_id: lead.lead_id }).await.expect("get after restart").into_inner();
     assert_eq!(got.lead.expect("lead").email, "linus@example.com");
     assert_eq!(again.terminate().await.expect("terminate").code(), Some(0));
 }
@@ -52,7 +64,11 @@ async fn postgres_needs_a_shared_kek_file_and_bad_urls_are_explained() {
         .output()
         .expect("run leadger");
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--kek-file"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--kek-file"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = std::process::Command::new(leadger_binary!())
         .args(["serve", "--listen", "127.0.0.1:0", "--database-url", "mysql://x"])
         .current_dir(dir.path())
@@ -94,7 +110,8 @@ async fn graceful_shutdown_under_load_loses_nothing_acknowledged(backend: Backen
 
     let server = ServerProcess::start(&leadger_binary!(), database.dir.path(), &args).await.expect("restart");
     let mut queries = LeadQueryServiceClient::new(channel(&server).await);
-    let mut log = queries.read_log(pb::ReadLogRequest { from_position: 1, follow: false }).await.expect("read").into_inner();
+    let mut log =
+        queries.read_log(pb::ReadLogRequest { from_position: 1, follow: false }).await.expect("read").into_inner();
     let mut logged = Vec::new();
     while let Some(item) = log.message().await.expect("stream") {
         let event = item.event.expect("event");

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use leadger_domain::{
-    Action, CloseOutcome, Closing, Command, DomainError, Email, Feedback, Label, LeadDetails, LeadId, LeadProfile, Money,
-    Note, Qualification, Rating, ReasonCode, Rejection, Timestamp,
+    Action, CloseOutcome, Closing, Command, DomainError, Email, Feedback, Label, LeadDetails, LeadId, LeadProfile,
+    Money, Note, Qualification, Rating, ReasonCode, Rejection, Timestamp,
 };
 use leadger_store::{CommandError, CommandOutcome, EventLog, Origin, PendingCommand, PostgresLog, SqliteLog, Vault};
 use leadger_tests::{Backend, TestDatabase};
@@ -182,7 +182,12 @@ async fn check<L: EventLog>(log: &L, vault: &Vault, batches: &[Vec<Op>]) -> Resu
             .iter()
             .map(|op| PendingCommand {
                 command: command(op, lead_ids[op.lead]),
-                origin: Origin { client_id: "model".into(), request_id: None, request_hash: String::new(), correlation_id: None },
+                origin: Origin {
+                    client_id: "model".into(),
+                    request_id: None,
+                    request_hash: String::new(),
+                    correlation_id: None,
+                },
             })
             .collect();
         let refs: Vec<&PendingCommand> = pending.iter().collect();
@@ -196,7 +201,9 @@ async fn check<L: EventLog>(log: &L, vault: &Vault, batches: &[Vec<Op>]) -> Resu
                     prop_assert_eq!(got_version, version);
                     prop_assert_eq!(position, appended, "positions are contiguous");
                 }
-                (Err(expected), Err(error)) => prop_assert_eq!(refusal_of(&error), Some(expected), "{:?}: {}", op, error),
+                (Err(expected), Err(error)) => {
+                    prop_assert_eq!(refusal_of(&error), Some(expected), "{:?}: {}", op, error)
+                }
                 (expected, got) => prop_assert!(false, "{:?}: the model says {:?}, the store {:?}", op, expected, got),
             }
         }
@@ -209,8 +216,15 @@ async fn check<L: EventLog>(log: &L, vault: &Vault, batches: &[Vec<Op>]) -> Resu
             continue;
         };
         let key = vault.unwrap_key(*lead_id, &keys[lead_id]).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let events: Vec<_> = stream.iter().map(|e| e.decode(&key)).collect::<Result<_, _>>().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(stream.iter().map(|e| e.version).collect::<Vec<_>>(), (1..=expected.version).collect::<Vec<_>>());
+        let events: Vec<_> = stream
+            .iter()
+            .map(|e| e.decode(&key))
+            .collect::<Result<_, _>>()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(
+            stream.iter().map(|e| e.version).collect::<Vec<_>>(),
+            (1..=expected.version).collect::<Vec<_>>()
+        );
         prop_assert_eq!(stream.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), expected.event_types.clone());
         let profile = LeadProfile::replay(&events).expect("starts with a capture");
         prop_assert_eq!(profile.lead.stage.as_str(), expected.stage);
@@ -220,8 +234,13 @@ async fn check<L: EventLog>(log: &L, vault: &Vault, batches: &[Vec<Op>]) -> Resu
         prop_assert_eq!(profile.lead.owner.map(|l| l.as_str().to_string()), expected.owner.clone());
         prop_assert_eq!(profile.details.email.as_str(), expected.email.as_str());
     }
-    let log_positions: Vec<u64> =
-        log.read_log(1, 10_000).await.map_err(|e| TestCaseError::fail(e.to_string()))?.iter().map(|e| e.position).collect();
+    let log_positions: Vec<u64> = log
+        .read_log(1, 10_000)
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?
+        .iter()
+        .map(|e| e.position)
+        .collect();
     prop_assert_eq!(log_positions, (1..=appended).collect::<Vec<_>>());
     Ok(())
 }
@@ -235,8 +254,13 @@ fn run_model(backend: Backend, cases: u32) {
                 let database = TestDatabase::new(backend).await;
                 let vault = database.vault();
                 match backend {
-                    Backend::Sqlite => check(&SqliteLog::connect(&database.url).await.expect("open"), &vault, &batches).await,
-                    Backend::Postgres => check(&PostgresLog::connect_with(&database.url, 2).await.expect("connect"), &vault, &batches).await,
+                    Backend::Sqlite => {
+                        check(&SqliteLog::connect(&database.url).await.expect("open"), &vault, &batches).await
+                    }
+                    Backend::Postgres => {
+                        check(&PostgresLog::connect_with(&database.url, 2).await.expect("connect"), &vault, &batches)
+                            .await
+                    }
                 }
             })
         })

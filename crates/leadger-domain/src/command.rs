@@ -20,9 +20,13 @@ pub struct Command {
 pub enum Action {
     Capture(LeadDetails),
     Qualify(Qualification),
-    Assign { assignee: Label },
+    Assign {
+        assignee: Label,
+    },
     /// `owner` defaults to the lead's assignee.
-    Accept { owner: Option<Label> },
+    Accept {
+        owner: Option<Label>,
+    },
     Reject(Rejection),
     Close(Closing),
     RecordFeedback(Feedback),

@@ -33,7 +33,9 @@ pub enum DomainError {
     VersionMismatch { expected: u64, actual: u64 },
     #[error("occurred_at {occurred_at} is more than 5 minutes after the server time {now}")]
     OccurredInFuture { occurred_at: Timestamp, now: Timestamp },
-    #[error("occurred_at {occurred_at} is before the lead's previous event at {previous}; a lead's business time never goes backwards")]
+    #[error(
+        "occurred_at {occurred_at} is before the lead's previous event at {previous}; a lead's business time never goes backwards"
+    )]
     OccurredBeforePrevious { occurred_at: Timestamp, previous: Timestamp },
     #[error("owner is required: the lead has no assignee to default to")]
     OwnerRequired,

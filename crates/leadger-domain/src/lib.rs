@@ -20,9 +20,7 @@ pub use command::{Action, Command, CommandKind};
 pub use error::{DomainError, ValidationError};
 pub use event::{CloseOutcome, Closing, Feedback, LeadDetails, LeadEvent, LeadEventKind, Qualification, Rejection};
 pub use lead::{Lead, LeadProfile, Stage, decide, evolve};
-pub use values::{
-    CurrencyCode, Email, Label, LeadId, Money, Note, Rating, ReasonCode, Score, Timestamp,
-};
+pub use values::{CurrencyCode, Email, Label, LeadId, Money, Note, Rating, ReasonCode, Score, Timestamp};
 
 /// How far in the future a client may date an event (clock skew between systems).
 pub const MAX_FUTURE_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;

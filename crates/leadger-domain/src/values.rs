@@ -275,7 +275,12 @@ pub struct Money {
 }
 
 impl Money {
-    pub fn parse(amount_field: &str, amount_minor: i64, currency_field: &str, currency: &str) -> Result<Self, ValidationError> {
+    pub fn parse(
+        amount_field: &str,
+        amount_minor: i64,
+        currency_field: &str,
+        currency: &str,
+    ) -> Result<Self, ValidationError> {
         if amount_minor < 0 {
             return Err(ValidationError::new(amount_field, "must be zero or more"));
         }
@@ -292,7 +297,9 @@ mod tests {
         let email = Email::parse("email", "  Ada.Lovelace@Example.COM ").expect("valid");
         assert_eq!(email.as_str(), "Ada.Lovelace@Example.COM");
         assert_eq!(email.normalized(), "ada.lovelace@example.com");
-        for bad in ["", "ada", "@example.com", "ada@", "ada@example", "ada @example.com", "ada@-x.com", "ada@exa_mple.com"] {
+        for bad in
+            ["", "ada", "@example.com", "ada@", "ada@example", "ada @example.com", "ada@-x.com", "ada@exa_mple.com"]
+        {
             let err = Email::parse("email", bad).expect_err(bad);
             assert_eq!(err.field, "email");
         }

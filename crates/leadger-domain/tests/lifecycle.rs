@@ -37,7 +37,9 @@ fn details() -> LeadDetails {
 fn action(kind: CommandKind) -> Action {
     match kind {
         CommandKind::CaptureLead => Action::Capture(details()),
-        CommandKind::QualifyLead => Action::Qualify(Qualification { score: None, note: None, assignee: Some(label("rep-1")) }),
+        CommandKind::QualifyLead => {
+            Action::Qualify(Qualification { score: None, note: None, assignee: Some(label("rep-1")) })
+        }
         CommandKind::AssignLead => Action::Assign { assignee: label("rep-2") },
         CommandKind::AcceptLead => Action::Accept { owner: Some(label("rep-3")) },
         CommandKind::RejectLead => Action::Reject(Rejection { reason: code("no-budget"), note: None }),
@@ -157,7 +159,10 @@ fn expected_version_must_match() {
     let fresh = Command { expected_version: Some(3), ..command(CommandKind::QualifyLead) };
     assert!(decide(Some(&current), &fresh, now()).is_ok());
     let capture_existing_zero = Command { expected_version: Some(1), ..command(CommandKind::CaptureLead) };
-    assert_eq!(decide(None, &capture_existing_zero, now()), Err(DomainError::VersionMismatch { expected: 1, actual: 0 }));
+    assert_eq!(
+        decide(None, &capture_existing_zero, now()),
+        Err(DomainError::VersionMismatch { expected: 1, actual: 0 })
+    );
 }
 
 #[test]
@@ -169,7 +174,10 @@ fn business_time_is_bounded_and_never_goes_backwards() {
     };
     let five_minutes = 5 * 60 * 1_000_000;
     assert!(decide(Some(&current), &at(NOW + five_minutes), now()).is_ok());
-    assert!(matches!(decide(Some(&current), &at(NOW + five_minutes + 1), now()), Err(DomainError::OccurredInFuture { .. })));
+    assert!(matches!(
+        decide(Some(&current), &at(NOW + five_minutes + 1), now()),
+        Err(DomainError::OccurredInFuture { .. })
+    ));
     assert!(matches!(decide(Some(&current), &at(NOW - 1), now()), Err(DomainError::OccurredBeforePrevious { .. })));
     assert!(decide(Some(&current), &at(NOW), now()).is_ok(), "a tie is fine: log order breaks it");
 }

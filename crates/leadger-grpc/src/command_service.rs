@@ -10,8 +10,8 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::error::{invalid_argument, status};
-use crate::request::{self, ValidCommand};
 use crate::present;
+use crate::request::{self, ValidCommand};
 use leadger_domain::ValidationError;
 
 /// Metadata key naming the calling client; idempotency keys are scoped to it.
@@ -37,10 +37,14 @@ impl CommandService {
     ) -> Result<pb::CommandResult, Status> {
         let message = request.get_ref();
         let valid = validate(message)?;
-        let client_id = metadata_text(request.metadata(), CLIENT_ID_HEADER)?.unwrap_or_else(|| ANONYMOUS_CLIENT.to_string());
-        let correlation_id = metadata_text(request.metadata(), CORRELATION_ID_HEADER)?.or_else(|| valid.request_id.clone());
+        let client_id =
+            metadata_text(request.metadata(), CLIENT_ID_HEADER)?.unwrap_or_else(|| ANONYMOUS_CLIENT.to_string());
+        let correlation_id =
+            metadata_text(request.metadata(), CORRELATION_ID_HEADER)?.or_else(|| valid.request_id.clone());
         // The request as sent: before the server fills in defaults.
-        let request_hash = hex::encode(Sha256::new().chain_update(rpc).chain_update([0]).chain_update(message.encode_to_vec()).finalize());
+        let request_hash = hex::encode(
+            Sha256::new().chain_update(rpc).chain_update([0]).chain_update(message.encode_to_vec()).finalize(),
+        );
         let lead_id = valid.command.lead_id;
         let pending = PendingCommand {
             command: valid.command,
@@ -76,32 +80,50 @@ fn metadata_text(metadata: &MetadataMap, key: &str) -> Result<Option<String>, St
 
 #[tonic::async_trait]
 impl LeadCommandService for CommandService {
-    async fn capture_lead(&self, request: Request<pb::CaptureLeadRequest>) -> Result<Response<pb::CaptureLeadResponse>, Status> {
+    async fn capture_lead(
+        &self,
+        request: Request<pb::CaptureLeadRequest>,
+    ) -> Result<Response<pb::CaptureLeadResponse>, Status> {
         let result = self.handle("CaptureLead", request, request::capture).await?;
         Ok(Response::new(pb::CaptureLeadResponse { result: Some(result) }))
     }
 
-    async fn qualify_lead(&self, request: Request<pb::QualifyLeadRequest>) -> Result<Response<pb::QualifyLeadResponse>, Status> {
+    async fn qualify_lead(
+        &self,
+        request: Request<pb::QualifyLeadRequest>,
+    ) -> Result<Response<pb::QualifyLeadResponse>, Status> {
         let result = self.handle("QualifyLead", request, request::qualify).await?;
         Ok(Response::new(pb::QualifyLeadResponse { result: Some(result) }))
     }
 
-    async fn assign_lead(&self, request: Request<pb::AssignLeadRequest>) -> Result<Response<pb::AssignLeadResponse>, Status> {
+    async fn assign_lead(
+        &self,
+        request: Request<pb::AssignLeadRequest>,
+    ) -> Result<Response<pb::AssignLeadResponse>, Status> {
         let result = self.handle("AssignLead", request, request::assign).await?;
         Ok(Response::new(pb::AssignLeadResponse { result: Some(result) }))
     }
 
-    async fn accept_lead(&self, request: Request<pb::AcceptLeadRequest>) -> Result<Response<pb::AcceptLeadResponse>, Status> {
+    async fn accept_lead(
+        &self,
+        request: Request<pb::AcceptLeadRequest>,
+    ) -> Result<Response<pb::AcceptLeadResponse>, Status> {
         let result = self.handle("AcceptLead", request, request::accept).await?;
         Ok(Response::new(pb::AcceptLeadResponse { result: Some(result) }))
     }
 
-    async fn reject_lead(&self, request: Request<pb::RejectLeadRequest>) -> Result<Response<pb::RejectLeadResponse>, Status> {
+    async fn reject_lead(
+        &self,
+        request: Request<pb::RejectLeadRequest>,
+    ) -> Result<Response<pb::RejectLeadResponse>, Status> {
         let result = self.handle("RejectLead", request, request::reject).await?;
         Ok(Response::new(pb::RejectLeadResponse { result: Some(result) }))
     }
 
-    async fn close_lead(&self, request: Request<pb::CloseLeadRequest>) -> Result<Response<pb::CloseLeadResponse>, Status> {
+    async fn close_lead(
+        &self,
+        request: Request<pb::CloseLeadRequest>,
+    ) -> Result<Response<pb::CloseLeadResponse>, Status> {
         let result = self.handle("CloseLead", request, request::close).await?;
         Ok(Response::new(pb::CloseLeadResponse { result: Some(result) }))
     }

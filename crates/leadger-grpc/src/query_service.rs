@@ -33,7 +33,12 @@ pub(crate) struct QueryService<L> {
 }
 
 impl<L: EventLog> QueryService<L> {
-    pub fn new(log: Arc<L>, vault: Arc<Vault>, committed: watch::Receiver<u64>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        log: Arc<L>,
+        vault: Arc<Vault>,
+        committed: watch::Receiver<u64>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self { log, vault, committed, shutdown }
     }
 }
@@ -51,7 +56,8 @@ impl<L: EventLog> KeyRing<'_, L> {
         if self.keys.len() > 100_000 {
             self.keys.clear();
         }
-        let mut missing: Vec<LeadId> = events.iter().map(|e| e.lead_id).filter(|id| !self.keys.contains_key(id)).collect();
+        let mut missing: Vec<LeadId> =
+            events.iter().map(|e| e.lead_id).filter(|id| !self.keys.contains_key(id)).collect();
         missing.sort_unstable();
         missing.dedup();
         if missing.is_empty() {
@@ -141,7 +147,9 @@ impl<L: EventLog> LeadQueryService for QueryService<L> {
                     return;
                 }
                 for recorded in &page {
-                    let item = ring.present(recorded, PersonalData::Redact).map(|event| pb::ReadLogResponse { event: Some(event) });
+                    let item = ring
+                        .present(recorded, PersonalData::Redact)
+                        .map(|event| pb::ReadLogResponse { event: Some(event) });
                     let failed = item.is_err();
                     if tx.send(item).await.is_err() || failed {
                         return;
@@ -165,7 +173,10 @@ impl<L: EventLog> LeadQueryService for QueryService<L> {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn find_leads(&self, request: Request<pb::FindLeadsRequest>) -> Result<Response<pb::FindLeadsResponse>, Status> {
+    async fn find_leads(
+        &self,
+        request: Request<pb::FindLeadsRequest>,
+    ) -> Result<Response<pb::FindLeadsResponse>, Status> {
         let r = request.into_inner();
         let mut violations = Vec::new();
         let optional = |text: &str| (!text.is_empty()).then(|| text.to_string());
@@ -200,7 +211,8 @@ impl<L: EventLog> LeadQueryService for QueryService<L> {
             false => match LeadId::parse("page_token", &r.page_token) {
                 Ok(id) => Some(id),
                 Err(_) => {
-                    violations.push(ValidationError::new("page_token", "is not a token from a previous FindLeads response"));
+                    violations
+                        .push(ValidationError::new("page_token", "is not a token from a previous FindLeads response"));
                     None
                 }
             },
@@ -224,6 +236,9 @@ impl<L: EventLog> LeadQueryService for QueryService<L> {
             (true, Some(last)) => last.lead_id.to_string(),
             _ => String::new(),
         };
-        Ok(Response::new(pb::FindLeadsResponse { leads: found.iter().map(present::summary).collect(), next_page_token }))
+        Ok(Response::new(pb::FindLeadsResponse {
+            leads: found.iter().map(present::summary).collect(),
+            next_page_token,
+        }))
     }
 }

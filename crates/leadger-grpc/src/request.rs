@@ -127,8 +127,7 @@ pub(crate) fn capture(r: &pb::CaptureLeadRequest) -> Result<ValidCommand, Status
 fn phone(text: &str) -> Result<Option<Label>, ValidationError> {
     let phone = Label::parse_optional("phone", text)?;
     if let Some(p) = &phone
-        && (p.as_str().chars().count() > 32
-            || !p.as_str().chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)))
+        && (p.as_str().chars().count() > 32 || !p.as_str().chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)))
     {
         return Err(ValidationError::new("phone", "must be at most 32 digits, spaces and + - ( ) ."));
     }
@@ -146,7 +145,11 @@ pub(crate) fn qualify(r: &pb::QualifyLeadRequest) -> Result<ValidCommand, Status
         let score = r.score.map(|s| v.check(Score::parse("score", i64::from(s))));
         let note = note(v, "note", &r.note);
         let assignee = label(v, "assignee", &r.assignee);
-        Some(Action::Qualify(Qualification { score: score.map_or(Some(None), |s| s.map(Some))?, note: note?, assignee: assignee? }))
+        Some(Action::Qualify(Qualification {
+            score: score.map_or(Some(None), |s| s.map(Some))?,
+            note: note?,
+            assignee: assignee?,
+        }))
     })
 }
 
@@ -157,7 +160,9 @@ pub(crate) fn assign(r: &pb::AssignLeadRequest) -> Result<ValidCommand, Status> 
         expected_version: r.expected_version,
         occurred_at: r.occurred_at.as_ref(),
     };
-    command(envelope, false, |v| Some(Action::Assign { assignee: v.check(Label::parse_required("assignee", &r.assignee))? }))
+    command(envelope, false, |v| {
+        Some(Action::Assign { assignee: v.check(Label::parse_required("assignee", &r.assignee))? })
+    })
 }
 
 pub(crate) fn accept(r: &pb::AcceptLeadRequest) -> Result<ValidCommand, Status> {
@@ -207,11 +212,16 @@ pub(crate) fn close(r: &pb::CloseLeadRequest) -> Result<ValidCommand, Status> {
             }
             Ok(pb::Outcome::Lost) => {
                 if r.amount_minor != 0 || !r.currency.is_empty() {
-                    v.check::<()>(Err(ValidationError::new("amount_minor", "amount_minor and currency are only for OUTCOME_WON")));
+                    v.check::<()>(Err(ValidationError::new(
+                        "amount_minor",
+                        "amount_minor and currency are only for OUTCOME_WON",
+                    )));
                 }
                 v.check(ReasonCode::parse("lost_reason", &r.lost_reason)).map(|reason| CloseOutcome::Lost { reason })
             }
-            Ok(pb::Outcome::Unspecified) => v.check(Err(ValidationError::new("outcome", "is required: OUTCOME_WON or OUTCOME_LOST"))),
+            Ok(pb::Outcome::Unspecified) => {
+                v.check(Err(ValidationError::new("outcome", "is required: OUTCOME_WON or OUTCOME_LOST")))
+            }
             Err(_) => v.check(Err(ValidationError::new("outcome", format!("unknown value {}", r.outcome)))),
         };
         Some(Action::Close(Closing { outcome: outcome?, note: note? }))

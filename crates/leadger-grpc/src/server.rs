@@ -45,7 +45,8 @@ pub async fn serve<L: EventLog>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeFailure> {
     let head = log.head_position().await.map_err(ServeFailure::Store)?;
-    let (gateway, committer) = spawn_committer(log.clone(), vault.clone(), config.clock.clone(), config.committer, head);
+    let (gateway, committer) =
+        spawn_committer(log.clone(), vault.clone(), config.clock.clone(), config.committer, head);
     let (stopping_tx, stopping) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LeadCommandServiceServer<CommandService>>().await;

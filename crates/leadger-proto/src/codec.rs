@@ -47,9 +47,13 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0
-            .decode(buf)
-            .map_err(|status| Status::invalid_argument(format!("request does not decode as {}: {}", std::any::type_name::<U>().rsplit("::").next().unwrap_or("message"), status.message())))
+        self.0.decode(buf).map_err(|status| {
+            Status::invalid_argument(format!(
+                "request does not decode as {}: {}",
+                std::any::type_name::<U>().rsplit("::").next().unwrap_or("message"),
+                status.message()
+            ))
+        })
     }
 
     fn buffer_settings(&self) -> BufferSettings {

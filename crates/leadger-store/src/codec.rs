@@ -250,7 +250,8 @@ pub fn decode(
                     },
                 },
                 OutcomeV1::Lost => CloseOutcome::Lost {
-                    reason: ReasonCode::parse("lost_reason", v.lost_reason.as_deref().unwrap_or("")).map_err(invalid)?,
+                    reason: ReasonCode::parse("lost_reason", v.lost_reason.as_deref().unwrap_or(""))
+                        .map_err(invalid)?,
                 },
             };
             LeadEventKind::Closed(Closing { outcome, note: note(v.note, "note")? })

@@ -67,7 +67,11 @@ impl std::fmt::Debug for CommandGateway {
 
 impl CommandGateway {
     /// Submits a command and waits until it is committed or refused.
-    pub async fn submit(&self, pending: PendingCommand, deadline: Option<Instant>) -> Result<CommandOutcome, CommandError> {
+    pub async fn submit(
+        &self,
+        pending: PendingCommand,
+        deadline: Option<Instant>,
+    ) -> Result<CommandOutcome, CommandError> {
         let (reply, answer) = oneshot::channel();
         self.jobs.try_send(Job { pending, deadline, reply }).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => CommandError::Overloaded { queued: self.jobs.max_capacity() },
@@ -130,7 +134,11 @@ async fn run<L: EventLog>(
                         advanced
                     });
                 }
-                tracing::debug!(batch = live.len(), elapsed_us = started.elapsed().as_micros() as u64, "committed batch");
+                tracing::debug!(
+                    batch = live.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "committed batch"
+                );
                 for (job, outcome) in live.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
                 }

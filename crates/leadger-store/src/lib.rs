@@ -195,7 +195,10 @@ pub trait EventLog: Send + Sync + 'static {
     fn lead_stream(&self, lead: LeadId) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
     /// Wrapped data keys of these leads (erased leads are missing).
-    fn wrapped_keys(&self, leads: &[LeadId]) -> impl Future<Output = Result<HashMap<LeadId, String>, StoreError>> + Send;
+    fn wrapped_keys(
+        &self,
+        leads: &[LeadId],
+    ) -> impl Future<Output = Result<HashMap<LeadId, String>, StoreError>> + Send;
 
     fn find_leads(&self, query: &LeadQuery) -> impl Future<Output = Result<Vec<LeadSummary>, StoreError>> + Send;
 

@@ -142,15 +142,7 @@ pub(crate) fn plan(
     let mut data_keys: HashMap<LeadId, DataKey> = HashMap::new();
     let mut changed: Vec<LeadId> = Vec::new();
     for pending in batch {
-        let outcome = plan_one(
-            pending,
-            &mut snapshot,
-            &mut data_keys,
-            &mut plan,
-            &mut next_position,
-            now,
-            vault,
-        )?;
+        let outcome = plan_one(pending, &mut snapshot, &mut data_keys, &mut plan, &mut next_position, now, vault)?;
         if let Ok(outcome) = &outcome
             && !outcome.replayed
             && !changed.contains(&outcome.lead_id)
@@ -159,10 +151,8 @@ pub(crate) fn plan(
         }
         plan.outcomes.push(outcome);
     }
-    plan.heads = changed
-        .into_iter()
-        .filter_map(|lead_id| snapshot.heads.remove(&lead_id).map(|head| (lead_id, head)))
-        .collect();
+    plan.heads =
+        changed.into_iter().filter_map(|lead_id| snapshot.heads.remove(&lead_id).map(|head| (lead_id, head))).collect();
     Ok(plan)
 }
 
@@ -217,7 +207,9 @@ fn plan_one(
             Some(key) => key.clone(),
             None => {
                 let key = match snapshot.wrapped_keys.get(&lead_id) {
-                    Some(wrapped) => vault.unwrap_key(lead_id, wrapped).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    Some(wrapped) => {
+                        vault.unwrap_key(lead_id, wrapped).map_err(|e| StoreError::Corrupt(e.to_string()))?
+                    }
                     // The lead was erased: what it says now is sealed under a
                     // key that is thrown away, so it is unreadable from the start.
                     None => vault.new_data_key(lead_id).0,
@@ -231,8 +223,13 @@ fn plan_one(
     };
     let position = *next_position;
     *next_position += 1;
-    let outcome =
-        CommandOutcome { lead_id, version: new_head.lead.version, position, stage: new_head.lead.stage, replayed: false };
+    let outcome = CommandOutcome {
+        lead_id,
+        version: new_head.lead.version,
+        position,
+        stage: new_head.lead.stage,
+        replayed: false,
+    };
     let metadata = EventMetadata {
         request_id: origin.request_id.clone(),
         client_id: origin.client_id.clone(),

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Arbitrary, fixed key of the append lock (`pg_advisory_xact_lock`).
-const APPEND_LOCK: i64 = 0x6c65_6164_6765_72;
+const APPEND_LOCK: i64 = 0x006c_6561_6467_6572;
 /// Channel notified with the last position after each committed batch.
 const APPENDED_CHANNEL: &str = "leadger_appended";
 
@@ -61,10 +61,15 @@ impl PostgresLog {
         &self.pool
     }
 
-    async fn snapshot(&self, tx: &mut Transaction<'static, Postgres>, keys: &BatchKeys) -> Result<Snapshot, StoreError> {
+    async fn snapshot(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        keys: &BatchKeys,
+    ) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK).execute(&mut **tx).await?;
-        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut **tx).await?;
+        let (last,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut **tx).await?;
         snapshot.last_position = unsigned(last, "position")?;
         let ids: Vec<Uuid> = keys.lead_ids.iter().map(LeadId::as_uuid).collect();
         let heads: Vec<HeadColumns> = sqlx::query_as(
@@ -215,7 +220,18 @@ impl PostgresLog {
 fn event_from(columns: EventColumns) -> Result<RecordedEvent, StoreError> {
     let (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred, recorded) =
         columns;
-    recorded_event(position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred, recorded)
+    recorded_event(
+        position,
+        event_id,
+        stream_id,
+        version,
+        event_type,
+        schema_version,
+        payload,
+        metadata,
+        occurred,
+        recorded,
+    )
 }
 
 impl EventLog for PostgresLog {
@@ -259,10 +275,11 @@ impl EventLog for PostgresLog {
 
     async fn wrapped_keys(&self, leads: &[LeadId]) -> Result<HashMap<LeadId, String>, StoreError> {
         let ids: Vec<Uuid> = leads.iter().map(LeadId::as_uuid).collect();
-        let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(|(id, wrapped)| (lead_id_of(id), wrapped)).collect())
     }
 
@@ -293,13 +310,16 @@ impl EventLog for PostgresLog {
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
-        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&self.pool).await?;
+        let (last,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&self.pool).await?;
         unsigned(last, "position")
     }
 
     async fn purge_receipts(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
-        let done =
-            sqlx::query("DELETE FROM receipts WHERE created_at_us < $1").bind(cutoff.as_micros()).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM receipts WHERE created_at_us < $1")
+            .bind(cutoff.as_micros())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 

@@ -50,7 +50,8 @@ impl SqliteLog {
 
     async fn snapshot(&self, tx: &mut Transaction<'static, Sqlite>, keys: &BatchKeys) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
-        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut **tx).await?;
+        let (last,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut **tx).await?;
         snapshot.last_position = unsigned(last, "position")?;
         let ids = json_list(keys.lead_ids.iter().map(ToString::to_string));
         let heads: Vec<HeadColumns> = sqlx::query_as(
@@ -109,11 +110,12 @@ impl SqliteLog {
             }
         }
         if !keys.key_leads.is_empty() {
-            let rows: Vec<(String, String)> =
-                sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))")
-                    .bind(json_list(keys.key_leads.iter().map(ToString::to_string)))
-                    .fetch_all(&mut **tx)
-                    .await?;
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(json_list(keys.key_leads.iter().map(ToString::to_string)))
+            .fetch_all(&mut **tx)
+            .await?;
             for (id, wrapped) in rows {
                 snapshot.wrapped_keys.insert(parse_lead_id(&id)?, wrapped);
             }
@@ -254,11 +256,12 @@ impl EventLog for SqliteLog {
     }
 
     async fn wrapped_keys(&self, leads: &[LeadId]) -> Result<HashMap<LeadId, String>, StoreError> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))")
-                .bind(json_list(leads.iter().map(ToString::to_string)))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_list(leads.iter().map(ToString::to_string)))
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter().map(|(id, wrapped)| Ok((parse_lead_id(&id)?, wrapped))).collect()
     }
 
@@ -288,12 +291,16 @@ impl EventLog for SqliteLog {
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
-        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&self.pool).await?;
+        let (last,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&self.pool).await?;
         unsigned(last, "position")
     }
 
     async fn purge_receipts(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM receipts WHERE created_at_us < ?1").bind(cutoff.as_micros()).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM receipts WHERE created_at_us < ?1")
+            .bind(cutoff.as_micros())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 }

@@ -70,7 +70,8 @@ impl Vault {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let mut key = Zeroizing::new([0u8; 32]);
-                hex::decode_to_slice(text.trim(), key.as_mut_slice()).map_err(|_| VaultError::Malformed { path: shown })?;
+                hex::decode_to_slice(text.trim(), key.as_mut_slice())
+                    .map_err(|_| VaultError::Malformed { path: shown })?;
                 Ok((Self::from_key(*key), false))
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && missing == MissingKek::Create => {
@@ -140,8 +141,11 @@ impl DataKey {
     }
 
     pub fn open(&self, field: &'static str, sealed: &str) -> Result<String, VaultError> {
-        let plaintext = open_with(&self.cipher, &self.associated_data(field), sealed)
-            .ok_or(VaultError::Open { lead: self.lead, field, why: "authentication failed" })?;
+        let plaintext = open_with(&self.cipher, &self.associated_data(field), sealed).ok_or(VaultError::Open {
+            lead: self.lead,
+            field,
+            why: "authentication failed",
+        })?;
         String::from_utf8(plaintext.to_vec()).map_err(|_| VaultError::Open { lead: self.lead, field, why: "not UTF-8" })
     }
 
@@ -154,7 +158,8 @@ impl DataKey {
 
 fn seal_with(cipher: &XChaCha20Poly1305, aad: &[u8], plaintext: &[u8]) -> String {
     let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-    let ciphertext = cipher.encrypt(&nonce, Payload { msg: plaintext, aad }).expect("encryption of in-memory data cannot fail");
+    let ciphertext =
+        cipher.encrypt(&nonce, Payload { msg: plaintext, aad }).expect("encryption of in-memory data cannot fail");
     let mut sealed = nonce.to_vec();
     sealed.extend_from_slice(&ciphertext);
     BASE64.encode(sealed)

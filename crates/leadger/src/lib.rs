@@ -65,7 +65,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -98,8 +99,9 @@ fn generate_kek(path: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let url = DatabaseUrl::parse(&args.database_url)
-        .with_context(|| format!("--database-url {:?} must start with sqlite: or postgres://", redact(&args.database_url)))?;
+    let url = DatabaseUrl::parse(&args.database_url).with_context(|| {
+        format!("--database-url {:?} must start with sqlite: or postgres://", redact(&args.database_url))
+    })?;
     let (kek_path, missing) = match (&args.kek_file, &url) {
         (Some(path), _) => (path.clone(), MissingKek::Fail),
         (None, DatabaseUrl::Sqlite(url)) => (kek_next_to(url)?, MissingKek::Create),
@@ -206,7 +208,10 @@ mod tests {
     #[test]
     fn kek_lives_next_to_the_sqlite_file() {
         assert_eq!(kek_next_to("sqlite://leadger.db").ok(), Some(PathBuf::from("leadger.kek")));
-        assert_eq!(kek_next_to("sqlite:///var/lib/leadger/log.db?mode=rwc").ok(), Some(PathBuf::from("/var/lib/leadger/log.kek")));
+        assert_eq!(
+            kek_next_to("sqlite:///var/lib/leadger/log.db?mode=rwc").ok(),
+            Some(PathBuf::from("/var/lib/leadger/log.kek"))
+        );
         assert!(kek_next_to("sqlite::memory:").is_err());
     }
 
