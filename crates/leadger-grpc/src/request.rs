@@ -56,6 +56,36 @@ struct Envelope<'a> {
     occurred_at: Option<&'a prost_types::Timestamp>,
 }
 
+/// The envelope of every command request: the fields they all share.
+trait CommandRequest {
+    fn envelope(&self) -> Envelope<'_>;
+}
+
+macro_rules! command_requests {
+    ($($request:ty),* $(,)?) => {$(
+        impl CommandRequest for $request {
+            fn envelope(&self) -> Envelope<'_> {
+                Envelope {
+                    request_id: &self.request_id,
+                    lead_id: &self.lead_id,
+                    expected_version: self.expected_version,
+                    occurred_at: self.occurred_at.as_ref(),
+                }
+            }
+        }
+    )*};
+}
+
+command_requests!(
+    pb::CaptureLeadRequest,
+    pb::QualifyLeadRequest,
+    pb::AssignLeadRequest,
+    pb::AcceptLeadRequest,
+    pb::RejectLeadRequest,
+    pb::CloseLeadRequest,
+    pb::RecordFeedbackRequest,
+);
+
 /// Builds the command once the action's own fields validated; `new_lead` lets
 /// an empty `lead_id` mean "make one" (CaptureLead).
 fn command(
@@ -96,13 +126,7 @@ fn note(v: &mut Violations, field: &str, text: &str) -> Option<Option<Note>> {
 }
 
 pub(crate) fn capture(r: &pb::CaptureLeadRequest) -> Result<ValidCommand, Status> {
-    let envelope = Envelope {
-        request_id: &r.request_id,
-        lead_id: &r.lead_id,
-        expected_version: r.expected_version,
-        occurred_at: r.occurred_at.as_ref(),
-    };
-    command(envelope, true, |v| {
+    command(r.envelope(), true, |v| {
         let email = v.check(Email::parse("email", &r.email));
         let name = label(v, "name", &r.name);
         let company = label(v, "company", &r.company);
@@ -135,13 +159,7 @@ fn phone(text: &str) -> Result<Option<Label>, ValidationError> {
 }
 
 pub(crate) fn qualify(r: &pb::QualifyLeadRequest) -> Result<ValidCommand, Status> {
-    let envelope = Envelope {
-        request_id: &r.request_id,
-        lead_id: &r.lead_id,
-        expected_version: r.expected_version,
-        occurred_at: r.occurred_at.as_ref(),
-    };
-    command(envelope, false, |v| {
+    command(r.envelope(), false, |v| {
         let score = r.score.map(|s| v.check(Score::parse("score", i64::from(s))));
         let note = note(v, "note", &r.note);
         let assignee = label(v, "assignee", &r.assignee);
@@ -154,35 +172,17 @@ pub(crate) fn qualify(r: &pb::QualifyLeadRequest) -> Result<ValidCommand, Status
 }
 
 pub(crate) fn assign(r: &pb::AssignLeadRequest) -> Result<ValidCommand, Status> {
-    let envelope = Envelope {
-        request_id: &r.request_id,
-        lead_id: &r.lead_id,
-        expected_version: r.expected_version,
-        occurred_at: r.occurred_at.as_ref(),
-    };
-    command(envelope, false, |v| {
+    command(r.envelope(), false, |v| {
         Some(Action::Assign { assignee: v.check(Label::parse_required("assignee", &r.assignee))? })
     })
 }
 
 pub(crate) fn accept(r: &pb::AcceptLeadRequest) -> Result<ValidCommand, Status> {
-    let envelope = Envelope {
-        request_id: &r.request_id,
-        lead_id: &r.lead_id,
-        expected_version: r.expected_version,
-        occurred_at: r.occurred_at.as_ref(),
-    };
-    command(envelope, false, |v| Some(Action::Accept { owner: label(v, "owner", &r.owner)? }))
+    command(r.envelope(), false, |v| Some(Action::Accept { owner: label(v, "owner", &r.owner)? }))
 }
 
 pub(crate) fn reject(r: &pb::RejectLeadRequest) -> Result<ValidCommand, Status> {
-    let envelope = Envelope {
-        request_id: &r.request_id,
-        lead_id: &r.lead_id,
-        expected_version: r.expected_version,
-        occurred_at: r.occurred_at.as_ref(),
-    };
-    command(envelope, false, |v| {
+    command(r.envelope(), false, |v| {
         let reason = v.check(ReasonCode::parse("reason", &r.reason));
         let note = note(v, "note", &r.note);
         Some(Action::Reject(Rejection { reason: reason?, note: note? }))
@@ -190,13 +190,7 @@ pub(crate) fn reject(r: &pb::RejectLeadRequest) -> Result<ValidCommand, Status> 
 }
 
 pub(crate) fn close(r: &pb::CloseLeadRequest) -> Result<ValidCommand, Status> {
-    let envelope = Envelope {
-        request_id: &r.request_id,
-        lead_id: &r.lead_id,
-        expected_version: r.expected_version,
-        occurred_at: r.occurred_at.as_ref(),
-    };
-    command(envelope, false, |v| {
+    command(r.envelope(), false, |v| {
         let note = note(v, "note", &r.note);
         let outcome = match pb::Outcome::try_from(r.outcome) {
             Ok(pb::Outcome::Won) => {
@@ -229,13 +223,7 @@ pub(crate) fn close(r: &pb::CloseLeadRequest) -> Result<ValidCommand, Status> {
 }
 
 pub(crate) fn record_feedback(r: &pb::RecordFeedbackRequest) -> Result<ValidCommand, Status> {
-    let envelope = Envelope {
-        request_id: &r.request_id,
-        lead_id: &r.lead_id,
-        expected_version: r.expected_version,
-        occurred_at: r.occurred_at.as_ref(),
-    };
-    command(envelope, false, |v| {
+    command(r.envelope(), false, |v| {
         let rating = v.check(Rating::parse("rating", i64::from(r.rating)));
         if r.reason_codes.len() > MAX_REASON_CODES {
             v.check::<()>(Err(ValidationError::new("reason_codes", "must hold at most 32 codes")));

@@ -51,18 +51,9 @@ pub async fn serve<L: EventLog>(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LeadCommandServiceServer<CommandService>>().await;
     health.set_serving::<LeadQueryServiceServer<QueryService<L>>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(leadger_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeFailure::Reflection(e.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(leadger_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServeFailure::Reflection(e.to_string()))?;
+    let reflection_v1 = reflection().build_v1().map_err(|e| ServeFailure::Reflection(e.to_string()))?;
+    // grpcurl before 1.8.8 and many other tools still ask v1alpha.
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeFailure::Reflection(e.to_string()))?;
     let limit = config.max_request_bytes;
     let commands = LeadCommandServiceServer::new(CommandService::new(gateway.clone())).max_decoding_message_size(limit);
     let queries = LeadQueryServiceServer::new(QueryService::new(log, vault, gateway.committed(), stopping))
@@ -88,6 +79,14 @@ pub async fn serve<L: EventLog>(
     committer.await.map_err(|e| ServeFailure::Committer(e.to_string()))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reflection over leadger's API, health and the `google.rpc` error details.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(leadger_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 #[derive(Debug, thiserror::Error)]
