@@ -36,6 +36,8 @@ pub struct PostgresLog {
 
 type EventColumns = (i64, Uuid, Uuid, i64, String, i32, String, String, i64, i64);
 type HeadColumns = (Uuid, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>);
+type HeadAndKeyColumns =
+    (Uuid, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>, Option<String>);
 
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, payload::text, metadata::text, occurred_at_us, recorded_at_us";
 
@@ -47,7 +49,11 @@ impl PostgresLog {
     }
 
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?.application_name("leadger");
+        // Custom plans: a generic plan cached while a table was small would
+        // keep scanning it sequentially as it grows.
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("leadger")
+            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -72,16 +78,20 @@ impl PostgresLog {
             sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut **tx).await?;
         snapshot.last_position = unsigned(last, "position")?;
         let ids: Vec<Uuid> = keys.lead_ids.iter().map(LeadId::as_uuid).collect();
-        let heads: Vec<HeadColumns> = sqlx::query_as(
-            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref
+        let heads: Vec<HeadAndKeyColumns> = sqlx::query_as(
+            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key
              FROM leads WHERE lead_id = ANY($1)",
         )
         .bind(&ids)
         .fetch_all(&mut **tx)
         .await?;
-        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref) in heads {
+        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref, wrapped_key) in heads {
             let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
-            snapshot.heads.insert(lead_id_of(id), head);
+            let lead_id = lead_id_of(id);
+            if let Some(wrapped) = wrapped_key.filter(|_| keys.key_leads.contains(&lead_id)) {
+                snapshot.wrapped_keys.insert(lead_id, wrapped);
+            }
+            snapshot.heads.insert(lead_id, head);
         }
         if !keys.email_indexes.is_empty() {
             let rows: Vec<(String, Uuid)> = sqlx::query_as(
@@ -126,17 +136,6 @@ impl PostgresLog {
                 snapshot.receipts.insert((client_id, request_id), Receipt { request_hash, outcome });
             }
         }
-        if !keys.key_leads.is_empty() {
-            let ids: Vec<Uuid> = keys.key_leads.iter().map(LeadId::as_uuid).collect();
-            let rows: Vec<(Uuid, String)> =
-                sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id = ANY($1)")
-                    .bind(&ids)
-                    .fetch_all(&mut **tx)
-                    .await?;
-            for (id, wrapped) in rows {
-                snapshot.wrapped_keys.insert(lead_id_of(id), wrapped);
-            }
-        }
         Ok(snapshot)
     }
 
@@ -144,7 +143,7 @@ impl PostgresLog {
         let events = &plan.events;
         sqlx::query(
             "INSERT INTO events (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us)
-             SELECT p, e, s, v, t, $6, pl::jsonb, md::jsonb, oa, ra
+             SELECT p, e, s, v, t, $6, pl::json, md::json, oa, ra
              FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[])
                  AS r(p, e, s, v, t, pl, md, oa, ra)",
         )
@@ -162,9 +161,10 @@ impl PostgresLog {
         .await?;
         let heads = &plan.heads;
         let label = |l: &Option<leadger_domain::Label>| l.as_ref().map(|l| l.as_str().to_string());
+        let new_keys: HashMap<LeadId, &String> = plan.new_keys.iter().map(|(id, wrapped)| (*id, wrapped)).collect();
         sqlx::query(
-            "INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::boolean[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])
+            "INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::boolean[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
              ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
                  seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
                  assignee = excluded.assignee, owner = excluded.owner",
@@ -178,15 +178,9 @@ impl PostgresLog {
         .bind(heads.iter().map(|(_, h)| label(&h.lead.owner)).collect::<Vec<_>>())
         .bind(heads.iter().map(|(_, h)| h.email_index.clone()).collect::<Vec<_>>())
         .bind(heads.iter().map(|(_, h)| h.external_ref.clone()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(id, _)| new_keys.get(id).map(|w| (*w).clone())).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
-        if !plan.new_keys.is_empty() {
-            sqlx::query("INSERT INTO lead_keys (lead_id, wrapped_key) SELECT * FROM UNNEST($1::uuid[], $2::text[])")
-                .bind(plan.new_keys.iter().map(|(id, _)| id.as_uuid()).collect::<Vec<_>>())
-                .bind(plan.new_keys.iter().map(|(_, w)| w.clone()).collect::<Vec<_>>())
-                .execute(&mut **tx)
-                .await?;
-        }
         if !plan.receipts.is_empty() {
             let receipts = &plan.receipts;
             sqlx::query(
@@ -276,7 +270,7 @@ impl EventLog for PostgresLog {
     async fn wrapped_keys(&self, leads: &[LeadId]) -> Result<HashMap<LeadId, String>, StoreError> {
         let ids: Vec<Uuid> = leads.iter().map(LeadId::as_uuid).collect();
         let rows: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id = ANY($1)")
+            sqlx::query_as("SELECT lead_id, wrapped_key FROM leads WHERE lead_id = ANY($1) AND wrapped_key IS NOT NULL")
                 .bind(&ids)
                 .fetch_all(&self.pool)
                 .await?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use leadger_domain::{LeadId, Timestamp};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use serde_json::{Value, json};
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
@@ -28,6 +29,8 @@ pub struct SqliteLog {
 
 type EventColumns = (i64, String, String, i64, String, i32, String, String, i64, i64);
 type HeadColumns = (String, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>);
+type HeadAndKeyColumns =
+    (String, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>, Option<String>);
 
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us";
 
@@ -54,16 +57,20 @@ impl SqliteLog {
             sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut **tx).await?;
         snapshot.last_position = unsigned(last, "position")?;
         let ids = json_list(keys.lead_ids.iter().map(ToString::to_string));
-        let heads: Vec<HeadColumns> = sqlx::query_as(
-            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref
+        let heads: Vec<HeadAndKeyColumns> = sqlx::query_as(
+            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key
              FROM leads WHERE lead_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(&ids)
         .fetch_all(&mut **tx)
         .await?;
-        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref) in heads {
+        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref, wrapped_key) in heads {
             let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
-            snapshot.heads.insert(parse_lead_id(&id)?, head);
+            let lead_id = parse_lead_id(&id)?;
+            if let Some(wrapped) = wrapped_key.filter(|_| keys.key_leads.contains(&lead_id)) {
+                snapshot.wrapped_keys.insert(lead_id, wrapped);
+            }
+            snapshot.heads.insert(lead_id, head);
         }
         if !keys.email_indexes.is_empty() {
             let rows: Vec<(String, String)> = sqlx::query_as(
@@ -109,79 +116,97 @@ impl SqliteLog {
                 snapshot.receipts.insert((client_id, request_id), Receipt { request_hash, outcome });
             }
         }
-        if !keys.key_leads.is_empty() {
-            let rows: Vec<(String, String)> = sqlx::query_as(
-                "SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(json_list(keys.key_leads.iter().map(ToString::to_string)))
-            .fetch_all(&mut **tx)
-            .await?;
-            for (id, wrapped) in rows {
-                snapshot.wrapped_keys.insert(parse_lead_id(&id)?, wrapped);
-            }
-        }
         Ok(snapshot)
     }
 
+    /// Writes each table with one statement: the rows travel as one JSON
+    /// array that `json_each` unpacks (SQLite's counterpart of `UNNEST`).
     async fn write(tx: &mut Transaction<'static, Sqlite>, plan: &Plan) -> Result<(), StoreError> {
-        for event in &plan.events {
-            sqlx::query(
-                "INSERT INTO events (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .bind(as_i64(event.position))
-            .bind(event.event_id.hyphenated().to_string())
-            .bind(event.lead_id.to_string())
-            .bind(as_i64(event.version))
-            .bind(&event.event_type)
-            .bind(crate::codec::SCHEMA_VERSION)
-            .bind(&event.payload)
-            .bind(&event.metadata)
-            .bind(event.occurred_at.as_micros())
-            .bind(event.recorded_at.as_micros())
-            .execute(&mut **tx)
-            .await?;
-        }
-        for (lead_id, head) in &plan.heads {
-            sqlx::query(
-                "INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
-                     seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
-                     assignee = excluded.assignee, owner = excluded.owner",
-            )
-            .bind(lead_id.to_string())
-            .bind(head.lead.stage.as_str())
-            .bind(as_i64(head.lead.version))
-            .bind(head.lead.seen_by_sales)
-            .bind(head.lead.last_occurred_at.as_micros())
-            .bind(head.lead.assignee.as_ref().map(|l| l.as_str()))
-            .bind(head.lead.owner.as_ref().map(|l| l.as_str()))
-            .bind(&head.email_index)
-            .bind(&head.external_ref)
-            .execute(&mut **tx)
-            .await?;
-        }
-        for (lead_id, wrapped) in &plan.new_keys {
-            sqlx::query("INSERT INTO lead_keys (lead_id, wrapped_key) VALUES (?1, ?2)")
-                .bind(lead_id.to_string())
-                .bind(wrapped)
-                .execute(&mut **tx)
-                .await?;
-        }
-        for new in &plan.receipts {
-            let outcome = &new.receipt.outcome;
+        let events: Vec<Value> = plan
+            .events
+            .iter()
+            .map(|e| {
+                json!([
+                    as_i64(e.position),
+                    e.event_id.hyphenated().to_string(),
+                    e.lead_id.to_string(),
+                    as_i64(e.version),
+                    e.event_type,
+                    e.payload,
+                    e.metadata,
+                    e.occurred_at.as_micros(),
+                    e.recorded_at.as_micros()
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO events (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us)
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+                    json_extract(value, '$[4]'), ?2, json_extract(value, '$[5]'), json_extract(value, '$[6]'),
+                    json_extract(value, '$[7]'), json_extract(value, '$[8]')
+             FROM json_each(?1)",
+        )
+        .bind(Value::Array(events).to_string())
+        .bind(crate::codec::SCHEMA_VERSION)
+        .execute(&mut **tx)
+        .await?;
+        let new_keys: HashMap<LeadId, &String> = plan.new_keys.iter().map(|(id, wrapped)| (*id, wrapped)).collect();
+        let label = |l: &Option<leadger_domain::Label>| l.as_ref().map(|l| l.as_str().to_string());
+        let heads: Vec<Value> = plan
+            .heads
+            .iter()
+            .map(|(id, h)| {
+                json!([
+                    id.to_string(),
+                    h.lead.stage.as_str(),
+                    as_i64(h.lead.version),
+                    h.lead.seen_by_sales,
+                    h.lead.last_occurred_at.as_micros(),
+                    label(&h.lead.assignee),
+                    label(&h.lead.owner),
+                    h.email_index,
+                    h.external_ref,
+                    new_keys.get(id)
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key)
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+                    json_extract(value, '$[4]'), json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]'),
+                    json_extract(value, '$[8]'), json_extract(value, '$[9]')
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
+                 seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
+                 assignee = excluded.assignee, owner = excluded.owner",
+        )
+        .bind(Value::Array(heads).to_string())
+        .execute(&mut **tx)
+        .await?;
+        if !plan.receipts.is_empty() {
+            let receipts: Vec<Value> = plan
+                .receipts
+                .iter()
+                .map(|r| {
+                    let outcome = &r.receipt.outcome;
+                    json!([
+                        r.client_id,
+                        r.request_id,
+                        r.receipt.request_hash,
+                        outcome.lead_id.to_string(),
+                        as_i64(outcome.version),
+                        as_i64(outcome.position),
+                        outcome.stage.as_str()
+                    ])
+                })
+                .collect();
             sqlx::query(
                 "INSERT INTO receipts (client_id, request_id, request_hash, lead_id, version, position, stage, created_at_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+                        json_extract(value, '$[4]'), json_extract(value, '$[5]'), json_extract(value, '$[6]'), ?2
+                 FROM json_each(?1)",
             )
-            .bind(&new.client_id)
-            .bind(&new.request_id)
-            .bind(&new.receipt.request_hash)
-            .bind(outcome.lead_id.to_string())
-            .bind(as_i64(outcome.version))
-            .bind(as_i64(outcome.position))
-            .bind(outcome.stage.as_str())
+            .bind(Value::Array(receipts).to_string())
             .bind(plan.events.first().map_or(0, |e| e.recorded_at.as_micros()))
             .execute(&mut **tx)
             .await?;
@@ -257,7 +282,8 @@ impl EventLog for SqliteLog {
 
     async fn wrapped_keys(&self, leads: &[LeadId]) -> Result<HashMap<LeadId, String>, StoreError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))",
+            "SELECT lead_id, wrapped_key FROM leads
+             WHERE lead_id IN (SELECT value FROM json_each(?1)) AND wrapped_key IS NOT NULL",
         )
         .bind(json_list(leads.iter().map(ToString::to_string)))
         .fetch_all(&self.pool)

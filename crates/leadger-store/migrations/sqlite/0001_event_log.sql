@@ -3,7 +3,7 @@
 -- contiguous and in commit order.
 CREATE TABLE events (
     position        INTEGER PRIMARY KEY,
-    event_id        TEXT NOT NULL UNIQUE,
+    event_id        TEXT NOT NULL,
     stream_id       TEXT NOT NULL,
     version         INTEGER NOT NULL,
     event_type      TEXT NOT NULL,
@@ -29,17 +29,10 @@ CREATE TABLE leads (
     assignee          TEXT,
     owner             TEXT,
     email_index       TEXT NOT NULL,
-    external_ref      TEXT UNIQUE
+    external_ref      TEXT UNIQUE,
+    wrapped_key       TEXT
 );
 CREATE INDEX leads_email_index ON leads (email_index);
-CREATE INDEX leads_stage ON leads (stage, lead_id);
-CREATE INDEX leads_assignee ON leads (assignee, lead_id);
-CREATE INDEX leads_owner ON leads (owner, lead_id);
-
-CREATE TABLE lead_keys (
-    lead_id      TEXT PRIMARY KEY,
-    wrapped_key  TEXT NOT NULL
-);
 
 CREATE TABLE receipts (
     client_id      TEXT NOT NULL,
@@ -52,4 +45,3 @@ CREATE TABLE receipts (
     created_at_us  INTEGER NOT NULL,
     PRIMARY KEY (client_id, request_id)
 );
-CREATE INDEX receipts_created ON receipts (created_at_us);
