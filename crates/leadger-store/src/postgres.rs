@@ -24,8 +24,9 @@ use crate::{
     lead_head, lead_id_of, recorded_event, stage, unsigned,
 };
 
-/// Arbitrary, fixed key of the append lock (`pg_advisory_xact_lock`).
-const APPEND_LOCK: i64 = 0x006c_6561_6467_6572;
+/// Opens a batch's transaction and takes the append lock in one round trip.
+/// The lock's key is arbitrary and fixed: 0x6c_6564_6765_72, "ledger" in ASCII.
+const BEGIN_AND_LOCK: &str = "BEGIN; SELECT pg_advisory_xact_lock(119182731994482)";
 /// Channel notified with the last position after each committed batch.
 const APPENDED_CHANNEL: &str = "leadger_appended";
 
@@ -67,25 +68,41 @@ impl PostgresLog {
         &self.pool
     }
 
+    /// Reads everything the batch decides on in one round trip, after the
+    /// append lock is held (so in a snapshot that sees every earlier batch).
     async fn snapshot(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         keys: &BatchKeys,
     ) -> Result<Snapshot, StoreError> {
-        let mut snapshot = Snapshot::default();
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK).execute(&mut **tx).await?;
-        let (last,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut **tx).await?;
-        snapshot.last_position = unsigned(last, "position")?;
         let ids: Vec<Uuid> = keys.lead_ids.iter().map(LeadId::as_uuid).collect();
-        let heads: Vec<HeadAndKeyColumns> = sqlx::query_as(
-            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key
-             FROM leads WHERE lead_id = ANY($1)",
+        let (clients, requests): (Vec<String>, Vec<String>) = keys.receipt_keys.iter().cloned().unzip();
+        let (last, heads, open_emails, external_refs, receipts): (i64, String, String, String, String) = sqlx::query_as(
+            "SELECT
+                 (SELECT COALESCE(MAX(position), 0) FROM events),
+                 (SELECT COALESCE(json_agg(json_build_array(lead_id, stage, version, seen_by_sales, last_occurred_at_us,
+                                                            assignee, owner, email_index, external_ref, wrapped_key)), '[]')::text
+                  FROM leads WHERE lead_id = ANY($1)),
+                 (SELECT COALESCE(json_agg(json_build_array(email_index, lead_id)), '[]')::text
+                  FROM leads WHERE email_index = ANY($2) AND stage NOT IN ('WON', 'LOST')),
+                 (SELECT COALESCE(json_agg(json_build_array(external_ref, lead_id)), '[]')::text
+                  FROM leads WHERE external_ref = ANY($3)),
+                 (SELECT COALESCE(json_agg(json_build_array(r.client_id, r.request_id, r.request_hash, r.lead_id, r.version,
+                                                            r.position, r.stage)), '[]')::text
+                  FROM receipts r JOIN UNNEST($4::text[], $5::text[]) AS k(client_id, request_id)
+                    ON r.client_id = k.client_id AND r.request_id = k.request_id)",
         )
         .bind(&ids)
-        .fetch_all(&mut **tx)
+        .bind(&keys.email_indexes)
+        .bind(&keys.external_refs)
+        .bind(&clients)
+        .bind(&requests)
+        .fetch_one(&mut **tx)
         .await?;
-        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref, wrapped_key) in heads {
+        let mut snapshot = Snapshot { last_position: unsigned(last, "position")?, ..Snapshot::default() };
+        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref, wrapped_key) in
+            parse_rows::<HeadAndKeyColumns>(&heads, "lead heads")?
+        {
             let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
             let lead_id = lead_id_of(id);
             if let Some(wrapped) = wrapped_key.filter(|_| keys.key_leads.contains(&lead_id)) {
@@ -93,59 +110,53 @@ impl PostgresLog {
             }
             snapshot.heads.insert(lead_id, head);
         }
-        if !keys.email_indexes.is_empty() {
-            let rows: Vec<(String, Uuid)> = sqlx::query_as(
-                "SELECT email_index, lead_id FROM leads WHERE email_index = ANY($1) AND stage NOT IN ('WON', 'LOST')",
-            )
-            .bind(&keys.email_indexes)
-            .fetch_all(&mut **tx)
-            .await?;
-            for (email_index, id) in rows {
-                snapshot.open_emails.insert(email_index, lead_id_of(id));
-            }
+        for (email_index, id) in parse_rows::<(String, Uuid)>(&open_emails, "open emails")? {
+            snapshot.open_emails.insert(email_index, lead_id_of(id));
         }
-        if !keys.external_refs.is_empty() {
-            let rows: Vec<(String, Uuid)> =
-                sqlx::query_as("SELECT external_ref, lead_id FROM leads WHERE external_ref = ANY($1)")
-                    .bind(&keys.external_refs)
-                    .fetch_all(&mut **tx)
-                    .await?;
-            for (external_ref, id) in rows {
-                snapshot.external_refs.insert(external_ref, lead_id_of(id));
-            }
+        for (external_ref, id) in parse_rows::<(String, Uuid)>(&external_refs, "external refs")? {
+            snapshot.external_refs.insert(external_ref, lead_id_of(id));
         }
-        if !keys.receipt_keys.is_empty() {
-            let (clients, requests): (Vec<String>, Vec<String>) = keys.receipt_keys.iter().cloned().unzip();
-            let rows: Vec<(String, String, String, Uuid, i64, i64, String)> = sqlx::query_as(
-                "SELECT r.client_id, r.request_id, r.request_hash, r.lead_id, r.version, r.position, r.stage
-                 FROM receipts r JOIN UNNEST($1::text[], $2::text[]) AS k(client_id, request_id)
-                   ON r.client_id = k.client_id AND r.request_id = k.request_id",
-            )
-            .bind(&clients)
-            .bind(&requests)
-            .fetch_all(&mut **tx)
-            .await?;
-            for (client_id, request_id, request_hash, id, version, position, stage_text) in rows {
-                let outcome = CommandOutcome {
-                    lead_id: lead_id_of(id),
-                    version: unsigned(version, "version")?,
-                    position: unsigned(position, "position")?,
-                    stage: stage(&stage_text)?,
-                    replayed: false,
-                };
-                snapshot.receipts.insert((client_id, request_id), Receipt { request_hash, outcome });
-            }
+        for (client_id, request_id, request_hash, id, version, position, stage_text) in
+            parse_rows::<(String, String, String, Uuid, i64, i64, String)>(&receipts, "receipts")?
+        {
+            let outcome = CommandOutcome {
+                lead_id: lead_id_of(id),
+                version: unsigned(version, "version")?,
+                position: unsigned(position, "position")?,
+                stage: stage(&stage_text)?,
+                replayed: false,
+            };
+            snapshot.receipts.insert((client_id, request_id), Receipt { request_hash, outcome });
         }
         Ok(snapshot)
     }
 
+    /// Writes the whole plan in one round trip: one `UNNEST` insert per table
+    /// as data-modifying CTEs, and the wake-up for other processes' followers.
     async fn write(tx: &mut Transaction<'static, Postgres>, plan: &Plan) -> Result<(), StoreError> {
-        let events = &plan.events;
+        let (events, heads, receipts) = (&plan.events, &plan.heads, &plan.receipts);
+        let label = |l: &Option<leadger_domain::Label>| l.as_ref().map(|l| l.as_str().to_string());
+        let new_keys: HashMap<LeadId, &String> = plan.new_keys.iter().map(|(id, wrapped)| (*id, wrapped)).collect();
+        let recorded_at = events.first().map_or(0, |e| e.recorded_at.as_micros());
         sqlx::query(
-            "INSERT INTO events (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us)
-             SELECT p, e, s, v, t, $6, pl::json, md::json, oa, ra
-             FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[])
-                 AS r(p, e, s, v, t, pl, md, oa, ra)",
+            "WITH appended AS (
+                 INSERT INTO events (position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us)
+                 SELECT p, e, s, v, t, $6, pl::json, md::json, oa, ra
+                 FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[])
+                     AS r(p, e, s, v, t, pl, md, oa, ra)
+             ), heads AS (
+                 INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key)
+                 SELECT * FROM UNNEST($11::uuid[], $12::text[], $13::bigint[], $14::boolean[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[])
+                 ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
+                     seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
+                     assignee = excluded.assignee, owner = excluded.owner
+             ), receipts AS (
+                 INSERT INTO receipts (client_id, request_id, request_hash, lead_id, version, position, stage, created_at_us)
+                 SELECT c, r, h, l, v, p, s, $28
+                 FROM UNNEST($21::text[], $22::text[], $23::text[], $24::uuid[], $25::bigint[], $26::bigint[], $27::text[])
+                     AS k(c, r, h, l, v, p, s)
+             )
+             SELECT pg_notify($29, $30)",
         )
         .bind(events.iter().map(|e| as_i64(e.position)).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
@@ -157,18 +168,6 @@ impl PostgresLog {
         .bind(events.iter().map(|e| e.metadata.clone()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.occurred_at.as_micros()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.recorded_at.as_micros()).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-        let heads = &plan.heads;
-        let label = |l: &Option<leadger_domain::Label>| l.as_ref().map(|l| l.as_str().to_string());
-        let new_keys: HashMap<LeadId, &String> = plan.new_keys.iter().map(|(id, wrapped)| (*id, wrapped)).collect();
-        sqlx::query(
-            "INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::boolean[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-             ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
-                 seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
-                 assignee = excluded.assignee, owner = excluded.owner",
-        )
         .bind(heads.iter().map(|(id, _)| id.as_uuid()).collect::<Vec<_>>())
         .bind(heads.iter().map(|(_, h)| h.lead.stage.as_str().to_string()).collect::<Vec<_>>())
         .bind(heads.iter().map(|(_, h)| as_i64(h.lead.version)).collect::<Vec<_>>())
@@ -179,36 +178,25 @@ impl PostgresLog {
         .bind(heads.iter().map(|(_, h)| h.email_index.clone()).collect::<Vec<_>>())
         .bind(heads.iter().map(|(_, h)| h.external_ref.clone()).collect::<Vec<_>>())
         .bind(heads.iter().map(|(id, _)| new_keys.get(id).map(|w| (*w).clone())).collect::<Vec<_>>())
+        .bind(receipts.iter().map(|r| r.client_id.clone()).collect::<Vec<_>>())
+        .bind(receipts.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>())
+        .bind(receipts.iter().map(|r| r.receipt.request_hash.clone()).collect::<Vec<_>>())
+        .bind(receipts.iter().map(|r| r.receipt.outcome.lead_id.as_uuid()).collect::<Vec<_>>())
+        .bind(receipts.iter().map(|r| as_i64(r.receipt.outcome.version)).collect::<Vec<_>>())
+        .bind(receipts.iter().map(|r| as_i64(r.receipt.outcome.position)).collect::<Vec<_>>())
+        .bind(receipts.iter().map(|r| r.receipt.outcome.stage.as_str().to_string()).collect::<Vec<_>>())
+        .bind(recorded_at)
+        .bind(APPENDED_CHANNEL)
+        .bind(plan.last_position().unwrap_or(0).to_string())
         .execute(&mut **tx)
         .await?;
-        if !plan.receipts.is_empty() {
-            let receipts = &plan.receipts;
-            sqlx::query(
-                "INSERT INTO receipts (client_id, request_id, request_hash, lead_id, version, position, stage, created_at_us)
-                 SELECT c, r, h, l, v, p, s, $8
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::bigint[], $6::bigint[], $7::text[])
-                     AS k(c, r, h, l, v, p, s)",
-            )
-            .bind(receipts.iter().map(|r| r.client_id.clone()).collect::<Vec<_>>())
-            .bind(receipts.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>())
-            .bind(receipts.iter().map(|r| r.receipt.request_hash.clone()).collect::<Vec<_>>())
-            .bind(receipts.iter().map(|r| r.receipt.outcome.lead_id.as_uuid()).collect::<Vec<_>>())
-            .bind(receipts.iter().map(|r| as_i64(r.receipt.outcome.version)).collect::<Vec<_>>())
-            .bind(receipts.iter().map(|r| as_i64(r.receipt.outcome.position)).collect::<Vec<_>>())
-            .bind(receipts.iter().map(|r| r.receipt.outcome.stage.as_str().to_string()).collect::<Vec<_>>())
-            .bind(events.first().map_or(0, |e| e.recorded_at.as_micros()))
-            .execute(&mut **tx)
-            .await?;
-        }
-        if let Some(last) = plan.last_position() {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(APPENDED_CHANNEL)
-                .bind(last.to_string())
-                .execute(&mut **tx)
-                .await?;
-        }
         Ok(())
     }
+}
+
+/// Rows that the snapshot query aggregated as a JSON array of arrays.
+fn parse_rows<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<Vec<T>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what} from the snapshot query: {e}")))
 }
 
 fn event_from(columns: EventColumns) -> Result<RecordedEvent, StoreError> {
@@ -235,13 +223,27 @@ impl EventLog for PostgresLog {
         now: Timestamp,
         vault: &Vault,
     ) -> Result<Vec<Result<CommandOutcome, CommandError>>, StoreError> {
+        let started = std::time::Instant::now();
         let keys = BatchKeys::of(batch, vault);
-        let mut tx = self.pool.begin().await?;
+        // BEGIN and the append lock in one round trip.
+        let mut tx = self.pool.begin_with(BEGIN_AND_LOCK).await?;
         let snapshot = self.snapshot(&mut tx, &keys).await?;
+        let read = started.elapsed();
         let plan = planner::plan(batch, snapshot, now, vault)?;
+        let planned = started.elapsed();
         if !plan.events.is_empty() {
             Self::write(&mut tx, &plan).await?;
+            let written = started.elapsed();
             tx.commit().await?;
+            tracing::debug!(
+                commands = batch.len(),
+                events = plan.events.len(),
+                lock_and_read_us = read.as_micros() as u64,
+                plan_us = (planned - read).as_micros() as u64,
+                write_us = (written - planned).as_micros() as u64,
+                commit_us = (started.elapsed() - written).as_micros() as u64,
+                "append batch"
+            );
         }
         Ok(plan.outcomes)
     }
@@ -269,11 +271,12 @@ impl EventLog for PostgresLog {
 
     async fn wrapped_keys(&self, leads: &[LeadId]) -> Result<HashMap<LeadId, String>, StoreError> {
         let ids: Vec<Uuid> = leads.iter().map(LeadId::as_uuid).collect();
-        let rows: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT lead_id, wrapped_key FROM leads WHERE lead_id = ANY($1) AND wrapped_key IS NOT NULL")
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT lead_id, wrapped_key FROM leads WHERE lead_id = ANY($1) AND wrapped_key IS NOT NULL",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|(id, wrapped)| (lead_id_of(id), wrapped)).collect())
     }
 

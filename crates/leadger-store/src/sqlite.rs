@@ -10,8 +10,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use leadger_domain::{LeadId, Timestamp};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use serde_json::{Value, json};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
@@ -248,13 +248,26 @@ impl EventLog for SqliteLog {
         now: Timestamp,
         vault: &Vault,
     ) -> Result<Vec<Result<CommandOutcome, CommandError>>, StoreError> {
+        let started = std::time::Instant::now();
         let keys = BatchKeys::of(batch, vault);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let snapshot = self.snapshot(&mut tx, &keys).await?;
+        let read = started.elapsed();
         let plan = planner::plan(batch, snapshot, now, vault)?;
+        let planned = started.elapsed();
         if !plan.events.is_empty() {
             Self::write(&mut tx, &plan).await?;
+            let written = started.elapsed();
             tx.commit().await?;
+            tracing::debug!(
+                commands = batch.len(),
+                events = plan.events.len(),
+                lock_and_read_us = read.as_micros() as u64,
+                plan_us = (planned - read).as_micros() as u64,
+                write_us = (written - planned).as_micros() as u64,
+                commit_us = (started.elapsed() - written).as_micros() as u64,
+                "append batch"
+            );
         }
         Ok(plan.outcomes)
     }
