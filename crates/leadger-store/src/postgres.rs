@@ -50,11 +50,13 @@ impl PostgresLog {
     }
 
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        // Custom plans: a generic plan cached while a table was small would
-        // keep scanning it sequentially as it grows.
+        // Every query of leadger looks rows up by key or range. Without this,
+        // the generic plans cached while the tables were small (a new
+        // database, before autovacuum's first ANALYZE) scan them sequentially
+        // as they grow.
         let options = PgConnectOptions::from_str(url)?
             .application_name("leadger")
-            .options([("plan_cache_mode", "force_custom_plan")]);
+            .options([("enable_seqscan", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
