@@ -39,6 +39,9 @@ pub struct CpuUse {
     pub postgres_cores: Option<f64>,
     pub bench_cores: Option<f64>,
     pub machine_busy_cores: Option<f64>,
+    /// Busy cores not accounted to the parties above: other work on the
+    /// machine (a build, another test) disturbing the figures.
+    pub other_cores: Option<f64>,
 }
 
 impl WatchedProcesses {
@@ -59,15 +62,18 @@ impl CpuSample {
         let seconds = end.at.duration_since(self.at).as_secs_f64();
         let ticks_per_second = clock_ticks_per_second();
         let cores = |start: Option<u64>, end: Option<u64>| match (start, end) {
-            (Some(start), Some(end)) if seconds > 0.0 => Some(end.saturating_sub(start) as f64 / ticks_per_second / seconds),
+            (Some(start), Some(end)) if seconds > 0.0 => {
+                Some(end.saturating_sub(start) as f64 / ticks_per_second / seconds)
+            }
             _ => None,
         };
-        CpuUse {
-            server_cores: cores(self.server, end.server),
-            postgres_cores: cores(self.postgres, end.postgres),
-            bench_cores: cores(self.bench, end.bench),
-            machine_busy_cores: cores(self.machine_busy, end.machine_busy),
-        }
+        let server_cores = cores(self.server, end.server);
+        let postgres_cores = cores(self.postgres, end.postgres);
+        let bench_cores = cores(self.bench, end.bench);
+        let machine_busy_cores = cores(self.machine_busy, end.machine_busy);
+        let accounted = [server_cores, postgres_cores, bench_cores].into_iter().flatten().sum::<f64>();
+        let other_cores = machine_busy_cores.map(|busy| (busy - accounted).max(0.0));
+        CpuUse { server_cores, postgres_cores, bench_cores, machine_busy_cores, other_cores }
     }
 }
 

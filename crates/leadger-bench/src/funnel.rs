@@ -51,7 +51,8 @@ pub fn journey(seed: u64, lead: u64) -> Vec<Step> {
     if !draw.chance(MQL_SHARE) {
         return steps;
     }
-    steps.push(Step::Qualify { assignee: format!("rep-{}", draw.below(SALES_REPS)), score: 60 + draw.below(41) as i32 });
+    steps
+        .push(Step::Qualify { assignee: format!("rep-{}", draw.below(SALES_REPS)), score: 60 + draw.below(41) as i32 });
     if draw.chance(ACCEPT_SHARE) {
         steps.push(Step::Accept);
         steps.push(if draw.chance(WON_SHARE) {

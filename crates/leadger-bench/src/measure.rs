@@ -141,7 +141,13 @@ mod tests {
     use super::*;
 
     fn idle_cpu() -> CpuUse {
-        CpuUse { server_cores: None, postgres_cores: None, bench_cores: None, machine_busy_cores: None }
+        CpuUse {
+            server_cores: None,
+            postgres_cores: None,
+            bench_cores: None,
+            machine_busy_cores: None,
+            other_cores: None,
+        }
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub struct PostgresCluster {
 
 impl PostgresCluster {
     /// Creates and starts a cluster under `parent`, listening on `port`, and
-    /// waits until it accepts connections.
+    /// waits until it accepts connections. Blocks: call it before the load
+    /// starts.
     pub fn start(bindir: &Path, parent: &Path, port: u16) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("leadger-bench-pg-")
@@ -48,9 +49,7 @@ impl PostgresCluster {
         let mut cluster = Self { bindir: bindir.to_path_buf(), dir, port, run_as_postgres, started: false };
         cluster.init()?;
         cluster.started = true;
-        process::run(cluster.tool("pg_ctl").args(["start", "-W", "-D"]).arg(cluster.data_dir()).arg("-l").arg(cluster.log_path()).arg("-o").arg(
-            format!("-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={}", cluster.dir.path().display()),
-        ))?;
+        cluster.launch()?;
         cluster.wait_until_ready()?;
         Ok(cluster)
     }
@@ -66,6 +65,12 @@ impl PostgresCluster {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// Refreshes the planner's statistics (`ANALYZE`), as autovacuum does on
+    /// a database that has been running for a while.
+    pub fn analyze(&self) -> anyhow::Result<()> {
+        process::run(self.client("psql").args(["-X", "-q", "-c", "ANALYZE"])).map(drop)
+    }
+
     fn init(&self) -> anyhow::Result<()> {
         process::run(
             self.tool("initdb")
@@ -79,20 +84,30 @@ impl PostgresCluster {
         .map(drop)
     }
 
+    /// `pg_ctl start` without waiting; [`Self::wait_until_ready`] polls.
+    fn launch(&self) -> anyhow::Result<()> {
+        // pg_ctl hands these options to the server through a shell.
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='{}'",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut command = self.tool("pg_ctl");
+        command.args(["start", "-W", "-D"]).arg(self.data_dir()).arg("-l").arg(self.log_path()).arg("-o").arg(options);
+        process::run(&mut command).map(drop)
+    }
+
     fn wait_until_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let port = self.port.to_string();
         loop {
-            let ready = Command::new(self.bindir.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &port, "-U", SUPERUSER, "-d", "postgres"])
-                .status()
-                .context("run pg_isready")?;
+            let ready = self.client("pg_isready").arg("-q").status().context("run pg_isready")?;
             if ready.success() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "PostgreSQL did not accept connections on port {port} within {READY_TIMEOUT:?}; its log ends with:\n{}",
+                    "PostgreSQL did not accept connections on port {} within {READY_TIMEOUT:?}; its log ends with:\n{}",
+                    self.port,
                     log_tail(&self.log_path(), 20)
                 );
             }
@@ -101,7 +116,14 @@ impl PostgresCluster {
         }
     }
 
-    /// A PostgreSQL tool, run as the `postgres` user when we are root.
+    /// A client program (`psql`, `pg_isready`) connecting to this cluster.
+    fn client(&self, name: &str) -> Command {
+        let mut command = Command::new(self.bindir.join(name));
+        command.args(["-h", "127.0.0.1", "-p"]).arg(self.port.to_string()).args(["-U", SUPERUSER, "-d", "postgres"]);
+        command
+    }
+
+    /// A server program, run as the `postgres` user when we are root.
     fn tool(&self, name: &str) -> Command {
         let program = self.bindir.join(name);
         let mut command = if self.run_as_postgres {
@@ -125,7 +147,8 @@ impl PostgresCluster {
     }
 
     fn stop(&self) {
-        let stopped = process::run(self.tool("pg_ctl").args(["stop", "-m", "fast", "-w", "-t", "30", "-D"]).arg(self.data_dir()));
+        let stopped =
+            process::run(self.tool("pg_ctl").args(["stop", "-m", "fast", "-w", "-t", "30", "-D"]).arg(self.data_dir()));
         if let Err(error) = stopped {
             eprintln!("warning: stop PostgreSQL: {error:#}");
             if let Some(pid) = self.postmaster_pid() {
@@ -151,7 +174,8 @@ fn give_to_postgres_user(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("PostgreSQL cannot run as root and there is no `{OS_USER}` user to run it as"))?;
         text.parse().with_context(|| format!("parse `id {flag} {OS_USER}` output {text:?}"))
     };
-    std::os::unix::fs::chown(dir, Some(id("-u")?), Some(id("-g")?)).with_context(|| format!("chown {} to {OS_USER}", dir.display()))
+    std::os::unix::fs::chown(dir, Some(id("-u")?), Some(id("-g")?))
+        .with_context(|| format!("chown {} to {OS_USER}", dir.display()))
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: `explicit`, else
@@ -178,7 +202,9 @@ pub fn find_bindir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     installed.sort();
     match installed.pop() {
         Some((_, dir)) => Ok(dir),
-        None => bail!("no PostgreSQL server binaries found (pg_config --bindir, /usr/lib/postgresql/*/bin); pass --pg-bindir"),
+        None => bail!(
+            "no PostgreSQL server binaries found (pg_config --bindir, /usr/lib/postgresql/*/bin); pass --pg-bindir"
+        ),
     }
 }
 

@@ -75,13 +75,19 @@ impl LeadgerServer {
         let endpoint = self.endpoint();
         loop {
             if let Some(status) = self.child.try_wait().context("check the leadger server")? {
-                bail!("the leadger server exited ({status}) before serving; its log ends with:\n{}", log_tail(&self.log, 20));
+                bail!(
+                    "the leadger server exited ({status}) before serving; its log ends with:\n{}",
+                    log_tail(&self.log, 20)
+                );
             }
             if reports_serving(&endpoint).await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("the leadger server did not serve within {READY_TIMEOUT:?}; its log ends with:\n{}", log_tail(&self.log, 20));
+                bail!(
+                    "the leadger server did not serve within {READY_TIMEOUT:?}; its log ends with:\n{}",
+                    log_tail(&self.log, 20)
+                );
             }
             tokio::time::sleep(READY_POLL).await;
         }
