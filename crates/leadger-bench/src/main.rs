@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::cpu::WatchedProcesses;
 use crate::load::{LevelLength, LevelPlan, RunNaming};
-use crate::machine::Machine;
+use crate::machine::{Machine, Revision};
 use crate::measure::LevelResult;
 use crate::report::Report;
 
@@ -192,7 +192,8 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
 
 async fn load_external(command: LoadCommand) -> anyhow::Result<()> {
     command.load.check()?;
+    let revision = Revision::probe();
     let levels = command.load.measure(&command.addr, "external", &WatchedProcesses::default(), || Ok(())).await?;
     let machine = Machine::probe(None, None);
-    Report::new(&machine, "external", &command, &levels).publish(command.load.output_json.as_deref())
+    Report::new(revision, &machine, "external", &command, &levels).publish(command.load.output_json.as_deref())
 }

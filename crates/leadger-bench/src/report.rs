@@ -27,12 +27,19 @@ pub struct Report<'a, P: Serialize> {
 }
 
 impl<'a, P: Serialize> Report<'a, P> {
-    pub fn new(machine: &'a Machine, backend: &'a str, parameters: &'a P, levels: &'a [LevelResult]) -> Self {
+    /// `revision` is best probed when the run starts: the tree may move while it runs.
+    pub fn new(
+        revision: Revision,
+        machine: &'a Machine,
+        backend: &'a str,
+        parameters: &'a P,
+        levels: &'a [LevelResult],
+    ) -> Self {
         Self {
             tool: format!("leadger-bench {}", env!("CARGO_PKG_VERSION")),
             finished_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             command_line: std::env::args().collect(),
-            revision: Revision::probe(),
+            revision,
             machine,
             backend,
             parameters,

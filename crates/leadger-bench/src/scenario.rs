@@ -15,7 +15,7 @@ use tempfile::TempDir;
 
 use crate::LoadArgs;
 use crate::cpu::WatchedProcesses;
-use crate::machine::Machine;
+use crate::machine::{Machine, Revision};
 use crate::postgres::{self, PostgresCluster};
 use crate::report::Report;
 use crate::server::{self, LeadgerServer, ServerLaunch};
@@ -91,6 +91,7 @@ pub async fn run(command: RunCommand) -> anyhow::Result<()> {
     if command.analyze && !matches!(command.backend, Backend::Postgres) {
         bail!("--analyze is for --backend postgres");
     }
+    let revision = Revision::probe();
     let parent = command.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let stack = Stack::start(&command, &parent).await?;
     let refresh_statistics = || match (&stack.database.cluster, command.analyze) {
@@ -101,7 +102,7 @@ pub async fn run(command: RunCommand) -> anyhow::Result<()> {
     let levels = command.load.measure(&stack.server.endpoint(), backend, &stack.watched(), refresh_statistics).await?;
     let machine = Machine::probe(stack.database.postgres_version.clone(), Some(&parent));
     drop(stack);
-    Report::new(&machine, backend, &command, &levels).publish(command.load.output_json.as_deref())
+    Report::new(revision, &machine, backend, &command, &levels).publish(command.load.output_json.as_deref())
 }
 
 impl Stack {
