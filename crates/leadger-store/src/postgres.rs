@@ -91,8 +91,11 @@ impl PostgresLog {
                   FROM leads WHERE external_ref = ANY($3)),
                  (SELECT COALESCE(json_agg(json_build_array(r.client_id, r.request_id, r.request_hash, r.lead_id, r.version,
                                                             r.position, r.stage)), '[]')::text
-                  FROM receipts r JOIN UNNEST($4::text[], $5::text[]) AS k(client_id, request_id)
-                    ON r.client_id = k.client_id AND r.request_id = k.request_id)",
+                  FROM UNNEST($4::text[], $5::text[]) AS k(client_id, request_id)
+                  -- One primary-key probe per request (LIMIT keeps the planner
+                  -- from turning it into a join that reads the whole index).
+                  CROSS JOIN LATERAL (SELECT * FROM receipts
+                                      WHERE client_id = k.client_id AND request_id = k.request_id LIMIT 1) r)",
         )
         .bind(&ids)
         .bind(&keys.email_indexes)
