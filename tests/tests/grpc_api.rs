@@ -730,3 +730,43 @@ impl tonic::codec::Codec for RawCodec {
         tonic_prost::ProstCodec::<pb::CaptureLeadRequest, pb::CaptureLeadResponse>::default().decoder()
     }
 }
+
+/// With a tiny commit queue, a burst is partly refused at once with
+/// RESOURCE_EXHAUSTED instead of queueing without bound; whatever was
+/// accepted is in the log, and only that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_commit_queue_answers_resource_exhausted() {
+    let mut config = leadger_grpc::ServerConfig::default();
+    config.committer.queue_capacity = 1;
+    config.committer.max_batch = 1;
+    let server = TestServer::start_with(Backend::Sqlite, config).await;
+    let channel = server.channel().await;
+    let mut tasks = Vec::new();
+    for n in 0..64 {
+        let mut commands = pb::lead_command_service_client::LeadCommandServiceClient::new(channel.clone());
+        tasks
+            .push(tokio::spawn(async move { commands.capture_lead(capture(&format!("burst-{n}@example.com"))).await }));
+    }
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => accepted += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(error_info(&status).0, "OVERLOADED");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "a burst of 64 overflows a queue of 1");
+    assert_eq!(accepted + refused, 64);
+    let mut queries = server.queries().await;
+    let mut log =
+        queries.read_log(pb::ReadLogRequest { from_position: 1, follow: false }).await.expect("read").into_inner();
+    let mut logged = 0;
+    while log.message().await.expect("stream").is_some() {
+        logged += 1;
+    }
+    assert_eq!(logged, accepted, "exactly the accepted commands are in the log");
+    server.stop().await;
+}
