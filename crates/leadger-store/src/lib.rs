@@ -106,9 +106,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A transient failure (the database is down or unreachable) rather than a bug.
+    /// A transient failure (the database is down, unreachable, busy or
+    /// restarting) rather than a bug: the client may retry.
     pub fn is_unavailable(&self) -> bool {
         match self {
+            Self::Database(sqlx::Error::Database(error)) => {
+                let code = error.code().unwrap_or_default();
+                // PostgreSQL classes 08 connection, 40 rollback, 53 resources,
+                // 57 operator intervention (e.g. shutdown); SQLite BUSY (5) and LOCKED (6).
+                ["08", "40", "53", "57"].iter().any(|class| code.starts_with(class)) || code == "5" || code == "6"
+            }
             Self::Database(error) => matches!(
                 error,
                 sqlx::Error::Io(_)
@@ -116,7 +123,6 @@ impl StoreError {
                     | sqlx::Error::PoolTimedOut
                     | sqlx::Error::PoolClosed
                     | sqlx::Error::WorkerCrashed
-                    | sqlx::Error::Database(_)
                     | sqlx::Error::Protocol(_)
             ),
             _ => false,

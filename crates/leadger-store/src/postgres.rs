@@ -54,9 +54,7 @@ impl PostgresLog {
         // the generic plans cached while the tables were small (a new
         // database, before autovacuum's first ANALYZE) scan them sequentially
         // as they grow.
-        let options = PgConnectOptions::from_str(url)?
-            .application_name("leadger")
-            .options([("enable_seqscan", "off")]);
+        let options = PgConnectOptions::from_str(url)?.application_name("leadger").options([("enable_seqscan", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
