@@ -184,6 +184,7 @@ fn plan_one(
         Err(refusal) => return Ok(Err(refusal.into())),
     };
     let lead_id = command.lead_id;
+    let mut new_wrapped_key: Option<String> = None;
     let new_head = match (&event.kind, head) {
         (LeadEventKind::Captured(details), _) => {
             let email_index = vault.email_index(&details.email);
@@ -196,20 +197,26 @@ fn plan_one(
             }
             let (key, wrapped) = vault.new_data_key(lead_id);
             data_keys.insert(lead_id, key);
-            plan.new_keys.push((lead_id, wrapped));
+            new_wrapped_key = Some(wrapped);
             LeadHead { lead: evolve(None, &event), email_index, external_ref }
         }
         (_, Some(head)) => LeadHead { lead: evolve(Some(head.lead.clone()), &event), ..head.clone() },
         (_, None) => unreachable!("decide refuses every command but capture on a missing lead"),
     };
+    // A lead whose key does not unwrap (a KEK mismatch, a damaged row) fails
+    // its own command, not the batch. Nothing of this command is planned yet.
     let key = if carries_personal_text(&command.action) {
         Some(match data_keys.get(&lead_id) {
             Some(key) => key.clone(),
             None => {
                 let key = match snapshot.wrapped_keys.get(&lead_id) {
-                    Some(wrapped) => {
-                        vault.unwrap_key(lead_id, wrapped).map_err(|e| StoreError::Corrupt(e.to_string()))?
-                    }
+                    Some(wrapped) => match vault.unwrap_key(lead_id, wrapped) {
+                        Ok(key) => key,
+                        Err(error) => {
+                            tracing::error!(%error, "unwrap the data key of a lead");
+                            return Ok(Err(CommandError::Internal(error.to_string())));
+                        }
+                    },
                     // The lead was erased: what it says now is sealed under a
                     // key that is thrown away, so it is unreadable from the start.
                     None => vault.new_data_key(lead_id).0,
@@ -221,6 +228,13 @@ fn plan_one(
     } else {
         None
     };
+    let payload = match codec::encode(&event.kind, key.as_ref()) {
+        Ok(payload) => payload,
+        Err(error) => return Ok(Err(CommandError::Internal(error.to_string()))),
+    };
+    if let Some(wrapped) = new_wrapped_key {
+        plan.new_keys.push((lead_id, wrapped));
+    }
     let position = *next_position;
     *next_position += 1;
     let outcome = CommandOutcome {
@@ -241,7 +255,7 @@ fn plan_one(
         lead_id,
         version: new_head.lead.version,
         event_type: codec::event_type(&event.kind),
-        payload: codec::encode(&event.kind, key.as_ref()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        payload,
         metadata: serde_json::to_string(&metadata).expect("metadata always serializes"),
         occurred_at: event.occurred_at,
         recorded_at: now,
@@ -263,4 +277,77 @@ fn plan_one(
         plan.receipts.push(NewReceipt { client_id, request_id, receipt });
     }
     Ok(Ok(outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use leadger_domain::{Command, Email, Label, LeadDetails, Note, Qualification};
+
+    use super::*;
+    use crate::Origin;
+
+    fn pending(lead_id: LeadId, action: Action) -> PendingCommand {
+        PendingCommand {
+            command: Command { lead_id, expected_version: None, occurred_at: None, action },
+            origin: Origin {
+                client_id: "test".into(),
+                request_id: None,
+                request_hash: String::new(),
+                correlation_id: None,
+            },
+        }
+    }
+
+    /// A lead whose data key does not unwrap fails alone, and the commands
+    /// after it still get the next positions, with no hole.
+    #[test]
+    fn a_lead_with_a_broken_key_fails_alone_without_a_position_gap() {
+        let vault = Vault::from_key([1; 32]);
+        let now = Timestamp::from_micros(1_000_000).expect("in range");
+        let broken = LeadId::from_uuid(Uuid::from_u128(1));
+        let fresh = LeadId::from_uuid(Uuid::from_u128(2));
+        let head = LeadHead {
+            lead: Lead {
+                stage: Stage::Captured,
+                version: 1,
+                seen_by_sales: false,
+                last_occurred_at: now,
+                assignee: None,
+                owner: None,
+            },
+            email_index: "x".into(),
+            external_ref: None,
+        };
+        let mut snapshot = Snapshot { last_position: 41, ..Snapshot::default() };
+        snapshot.heads.insert(broken, head);
+        snapshot.wrapped_keys.insert(broken, "not a wrapped key".into());
+        let qualify = pending(
+            broken,
+            Action::Qualify(Qualification {
+                score: None,
+                note: Note::parse_optional("note", "call back").expect("valid"),
+                assignee: None,
+            }),
+        );
+        let capture = pending(
+            fresh,
+            Action::Capture(LeadDetails {
+                email: Email::parse("email", "a@b.co").expect("valid"),
+                name: Label::parse_optional("name", "A").expect("valid"),
+                company: None,
+                phone: None,
+                source: None,
+                campaign: None,
+                persona: None,
+                external_ref: None,
+            }),
+        );
+        let plan = plan(&[&qualify, &capture], snapshot, now, &vault).expect("the batch is planned");
+        assert!(matches!(plan.outcomes[0], Err(CommandError::Internal(_))));
+        let captured = plan.outcomes[1].as_ref().expect("the capture goes through");
+        assert_eq!(captured.position, 42);
+        assert_eq!(plan.events.iter().map(|e| e.position).collect::<Vec<_>>(), [42]);
+        assert_eq!(plan.new_keys.len(), 1);
+        assert_eq!(plan.heads.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [fresh]);
+    }
 }
