@@ -55,7 +55,10 @@ impl PostgresLog {
         // database, before autovacuum's first ANALYZE) scan them sequentially
         // as they grow.
         let options = PgConnectOptions::from_str(url)?.application_name("leadger").options([("enable_seqscan", "off")]);
+        // No ping before each acquire: a broken connection fails its batch
+        // (UNAVAILABLE) and is replaced; a ping would cost a round trip per batch.
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
@@ -230,6 +233,7 @@ impl EventLog for PostgresLog {
         let keys = BatchKeys::of(batch, vault);
         // BEGIN and the append lock in one round trip.
         let mut tx = self.pool.begin_with(BEGIN_AND_LOCK).await?;
+        let locked = started.elapsed();
         let snapshot = self.snapshot(&mut tx, &keys).await?;
         let read = started.elapsed();
         let plan = planner::plan(batch, snapshot, now, vault)?;
@@ -241,7 +245,8 @@ impl EventLog for PostgresLog {
             tracing::debug!(
                 commands = batch.len(),
                 events = plan.events.len(),
-                lock_and_read_us = read.as_micros() as u64,
+                lock_us = locked.as_micros() as u64,
+                read_us = (read - locked).as_micros() as u64,
                 plan_us = (planned - read).as_micros() as u64,
                 write_us = (written - planned).as_micros() as u64,
                 commit_us = (started.elapsed() - written).as_micros() as u64,
