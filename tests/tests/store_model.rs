@@ -191,7 +191,8 @@ async fn check<L: EventLog>(log: &L, vault: &Vault, batches: &[Vec<Op>]) -> Resu
             })
             .collect();
         let refs: Vec<&PendingCommand> = pending.iter().collect();
-        let outcomes = log.append_batch(&refs, now, vault).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let outcomes =
+            log.append_batch(&refs, now, vault, &|| false).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(outcomes.len(), batch.len());
         for (op, outcome) in batch.iter().zip(outcomes) {
             match (model.apply(op), outcome) {

@@ -120,11 +120,19 @@ async fn run<L: EventLog>(
             let _ = job.reply.send(Err(CommandError::DeadlineExceeded));
         }
         if live.is_empty() {
+            if queue.is_empty() {
+                log.idle();
+            }
             continue;
         }
         let pending: Vec<&PendingCommand> = live.iter().map(|job| &job.pending).collect();
         let now = clock();
-        match log.append_batch(&pending, now, &vault).await {
+        let more_waiting = || !queue.is_empty();
+        let appended = log.append_batch(&pending, now, &vault, &more_waiting).await;
+        if queue.is_empty() {
+            log.idle();
+        }
+        match appended {
             Ok(outcomes) => {
                 let last = outcomes.iter().filter_map(|o| o.as_ref().ok()).map(|o| o.position).max();
                 if let Some(last) = last {

@@ -186,13 +186,20 @@ pub struct LeadSummary {
 pub trait EventLog: Send + Sync + 'static {
     /// Appends a batch in one transaction under the append lock. Each command
     /// gets its own result; `Err` means the whole transaction failed and
-    /// nothing was appended.
+    /// nothing was appended. `more_waiting` tells whether further commands
+    /// are queued, so a backend may prepare the next batch's transaction
+    /// while this one commits.
     fn append_batch(
         &self,
         batch: &[&PendingCommand],
         now: Timestamp,
         vault: &Vault,
+        more_waiting: &(dyn Fn() -> bool + Send + Sync),
     ) -> impl Future<Output = Result<Vec<Result<CommandOutcome, CommandError>>, StoreError>> + Send;
+
+    /// The committer has nothing to append: let go of anything prepared for
+    /// a next batch (on PostgreSQL, the append lock other servers wait for).
+    fn idle(&self) {}
 
     /// Up to `limit` events with `position >= from`, in position order.
     fn read_log(&self, from: u64, limit: u32) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;

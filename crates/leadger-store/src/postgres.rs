@@ -9,12 +9,14 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leadger_domain::{LeadId, Timestamp};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::planner::{self, BatchKeys, Plan, Receipt, Snapshot};
@@ -30,9 +32,21 @@ const BEGIN_AND_LOCK: &str = "BEGIN; SELECT pg_advisory_xact_lock(11918273199448
 /// Channel notified with the last position after each committed batch.
 const APPENDED_CHANNEL: &str = "leadger_appended";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresLog {
     pool: PgPool,
+    /// The next batch's transaction, queued for the append lock while the
+    /// current batch commits, so it holds the lock as soon as that commit
+    /// ends, without a round trip in between.
+    next_batch: Arc<Mutex<Option<Locking>>>,
+}
+
+type Locking = JoinHandle<Result<Transaction<'static, Postgres>, sqlx::Error>>;
+
+impl std::fmt::Debug for PostgresLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresLog").field("pool", &self.pool).finish_non_exhaustive()
+    }
 }
 
 type EventColumns = (i64, Uuid, Uuid, i64, String, i32, String, String, i64, i64);
@@ -64,7 +78,7 @@ impl PostgresLog {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, next_batch: Arc::default() })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -200,6 +214,12 @@ impl PostgresLog {
     }
 }
 
+impl PostgresLog {
+    fn take_next_batch(&self) -> Option<Locking> {
+        self.next_batch.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
 /// Rows that the snapshot query aggregated as a JSON array of arrays.
 fn parse_rows<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<Vec<T>, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what} from the snapshot query: {e}")))
@@ -228,11 +248,21 @@ impl EventLog for PostgresLog {
         batch: &[&PendingCommand],
         now: Timestamp,
         vault: &Vault,
+        more_waiting: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Vec<Result<CommandOutcome, CommandError>>, StoreError> {
         let started = std::time::Instant::now();
         let keys = BatchKeys::of(batch, vault);
-        // BEGIN and the append lock in one round trip.
-        let mut tx = self.pool.begin_with(BEGIN_AND_LOCK).await?;
+        let mut tx = match self.take_next_batch() {
+            Some(locking) => match locking.await {
+                Ok(Ok(tx)) => tx,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "prepare the next batch's transaction; beginning a new one");
+                    self.pool.begin_with(BEGIN_AND_LOCK).await?
+                }
+                Err(_) => self.pool.begin_with(BEGIN_AND_LOCK).await?,
+            },
+            None => self.pool.begin_with(BEGIN_AND_LOCK).await?,
+        };
         let locked = started.elapsed();
         let snapshot = self.snapshot(&mut tx, &keys).await?;
         let read = started.elapsed();
@@ -241,6 +271,15 @@ impl EventLog for PostgresLog {
         if !plan.events.is_empty() {
             Self::write(&mut tx, &plan).await?;
             let written = started.elapsed();
+            if more_waiting() {
+                // Queued behind this transaction, the next one gets the lock
+                // the moment this COMMIT releases it.
+                let pool = self.pool.clone();
+                let locking = tokio::spawn(async move { pool.begin_with(BEGIN_AND_LOCK).await });
+                if let Some(stale) = self.next_batch.lock().ok().and_then(|mut slot| slot.replace(locking)) {
+                    stale.abort();
+                }
+            }
             tx.commit().await?;
             tracing::debug!(
                 commands = batch.len(),
@@ -254,6 +293,14 @@ impl EventLog for PostgresLog {
             );
         }
         Ok(plan.outcomes)
+    }
+
+    /// Drops a prepared transaction (rolling it back), so an idle server does
+    /// not keep the append lock from the others.
+    fn idle(&self) {
+        if let Some(locking) = self.take_next_batch() {
+            locking.abort();
+        }
     }
 
     async fn read_log(&self, from: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {

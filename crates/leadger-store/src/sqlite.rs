@@ -247,6 +247,7 @@ impl EventLog for SqliteLog {
         batch: &[&PendingCommand],
         now: Timestamp,
         vault: &Vault,
+        _more_waiting: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Vec<Result<CommandOutcome, CommandError>>, StoreError> {
         let started = std::time::Instant::now();
         let keys = BatchKeys::of(batch, vault);
