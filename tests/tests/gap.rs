@@ -170,3 +170,41 @@ fn the_checker_accepts_only_one_to_last_in_order() {
     assert!(check_gapless(&[2, 1, 3], 3).is_err());
     assert!(check_gapless(&[1, 2], 3).is_err());
 }
+
+/// While commands wait, a server queues its next batch for the append lock
+/// before it commits. After a burst of 256 commands on one server, a second
+/// server on the same database still commits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_idle_after_a_burst_does_not_keep_the_append_lock() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let kek = database.kek_file.display().to_string();
+    let args = ["--database-url", database.url.as_str(), "--kek-file", kek.as_str()];
+    let busy = ServerProcess::start(&leadger_binary!(), database.dir.path(), &args).await.expect("first server");
+    let other = ServerProcess::start(&leadger_binary!(), database.dir.path(), &args).await.expect("second server");
+    let channel = Channel::from_shared(format!("http://{}", busy.addr)).expect("uri").connect().await.expect("connect");
+    let mut burst = Vec::new();
+    for n in 0..256 {
+        let mut commands = LeadCommandServiceClient::new(channel.clone());
+        burst.push(tokio::spawn(async move {
+            let request = pb::CaptureLeadRequest { email: format!("burst-{n}@idle.example"), ..Default::default() };
+            commands.capture_lead(request).await.expect("capture")
+        }));
+    }
+    for capture in burst {
+        capture.await.expect("task");
+    }
+    let mut commands = LeadCommandServiceClient::new(
+        Channel::from_shared(format!("http://{}", other.addr)).expect("uri").connect().await.expect("connect"),
+    );
+    let request = pb::CaptureLeadRequest { email: "after-the-burst@idle.example".into(), ..Default::default() };
+    let answered = tokio::time::timeout(Duration::from_secs(5), commands.capture_lead(request))
+        .await
+        .expect("the other server commits promptly: nobody holds the append lock")
+        .expect("capture")
+        .into_inner()
+        .result
+        .expect("result");
+    assert_eq!(answered.position, 257);
+    assert_eq!(busy.terminate().await.expect("stop").code(), Some(0));
+    assert_eq!(other.terminate().await.expect("stop").code(), Some(0));
+}

@@ -170,5 +170,6 @@ async fn run<L: EventLog>(
             }
         }
     }
+    log.idle();
     tracing::debug!("committer stopped: every gateway was dropped");
 }

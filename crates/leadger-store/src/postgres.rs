@@ -220,6 +220,20 @@ impl PostgresLog {
     }
 }
 
+/// Lets a prepared transaction finish taking the lock, then rolls it back.
+/// It is never cancelled half-way: a `BEGIN; SELECT pg_advisory_xact_lock`
+/// abandoned while waiting would take the lock later in a session nobody
+/// owns any more, and keep it.
+fn roll_back_when_locked(locking: Locking) {
+    tokio::spawn(async move {
+        if let Ok(Ok(tx)) = locking.await
+            && let Err(error) = tx.rollback().await
+        {
+            tracing::warn!(%error, "roll back an unused prepared transaction");
+        }
+    });
+}
+
 /// Rows that the snapshot query aggregated as a JSON array of arrays.
 fn parse_rows<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<Vec<T>, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what} from the snapshot query: {e}")))
@@ -277,7 +291,7 @@ impl EventLog for PostgresLog {
                 let pool = self.pool.clone();
                 let locking = tokio::spawn(async move { pool.begin_with(BEGIN_AND_LOCK).await });
                 if let Some(stale) = self.next_batch.lock().ok().and_then(|mut slot| slot.replace(locking)) {
-                    stale.abort();
+                    roll_back_when_locked(stale);
                 }
             }
             tx.commit().await?;
@@ -295,11 +309,11 @@ impl EventLog for PostgresLog {
         Ok(plan.outcomes)
     }
 
-    /// Drops a prepared transaction (rolling it back), so an idle server does
-    /// not keep the append lock from the others.
+    /// Rolls a prepared transaction back, so an idle server does not keep the
+    /// append lock from the others.
     fn idle(&self) {
         if let Some(locking) = self.take_next_batch() {
-            locking.abort();
+            roll_back_when_locked(locking);
         }
     }
 
