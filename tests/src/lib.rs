@@ -164,7 +164,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.endpoint()).expect("valid uri").connect().await.expect("connect")
+        connect(self.addr).await
     }
 
     pub async fn commands(&self) -> LeadCommandServiceClient<Channel> {
@@ -192,6 +192,11 @@ impl Drop for TestServer {
             task.abort();
         }
     }
+}
+
+/// A gRPC channel to a server on `addr`.
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).expect("valid uri").connect().await.expect("connect")
 }
 
 /// Polls the gRPC health service until it answers SERVING (10 s deadline).

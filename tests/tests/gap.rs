@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use leadger_tests::{Backend, ServerProcess, TestDatabase, TestServer, leadger_binary, pb};
+use leadger_tests::{Backend, ServerProcess, TestDatabase, TestServer, connect, leadger_binary, pb};
 use pb::lead_command_service_client::LeadCommandServiceClient;
 use pb::lead_query_service_client::LeadQueryServiceClient;
 use sqlx::Connection;
@@ -70,9 +70,6 @@ async fn two_servers_many_writers_and_a_tailing_reader_see_every_position_once()
     let args = ["--database-url", database.url.as_str(), "--kek-file", kek.as_str()];
     let first = ServerProcess::start(&leadger_binary!(), database.dir.path(), &args).await.expect("first server");
     let second = ServerProcess::start(&leadger_binary!(), database.dir.path(), &args).await.expect("second server");
-    let connect = |addr: std::net::SocketAddr| async move {
-        Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect")
-    };
     let channels = [connect(first.addr).await, connect(second.addr).await];
     let mut positions = tail(channels[0].clone()).await;
 
@@ -181,7 +178,7 @@ async fn a_server_that_goes_idle_after_a_burst_does_not_keep_the_append_lock() {
     let args = ["--database-url", database.url.as_str(), "--kek-file", kek.as_str()];
     let busy = ServerProcess::start(&leadger_binary!(), database.dir.path(), &args).await.expect("first server");
     let other = ServerProcess::start(&leadger_binary!(), database.dir.path(), &args).await.expect("second server");
-    let channel = Channel::from_shared(format!("http://{}", busy.addr)).expect("uri").connect().await.expect("connect");
+    let channel = connect(busy.addr).await;
     let mut burst = Vec::new();
     for n in 0..256 {
         let mut commands = LeadCommandServiceClient::new(channel.clone());
@@ -193,9 +190,7 @@ async fn a_server_that_goes_idle_after_a_burst_does_not_keep_the_append_lock() {
     for capture in burst {
         capture.await.expect("task");
     }
-    let mut commands = LeadCommandServiceClient::new(
-        Channel::from_shared(format!("http://{}", other.addr)).expect("uri").connect().await.expect("connect"),
-    );
+    let mut commands = LeadCommandServiceClient::new(connect(other.addr).await);
     let request = pb::CaptureLeadRequest { email: "after-the-burst@idle.example".into(), ..Default::default() };
     let answered = tokio::time::timeout(Duration::from_secs(5), commands.capture_lead(request))
         .await

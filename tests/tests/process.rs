@@ -10,7 +10,7 @@ use pb::lead_query_service_client::LeadQueryServiceClient;
 use tonic::transport::Channel;
 
 async fn channel(server: &ServerProcess) -> Channel {
-    Channel::from_shared(format!("http://{}", server.addr)).expect("uri").connect().await.expect("connect")
+    leadger_tests::connect(server.addr).await
 }
 
 fn capture(email: String) -> pb::CaptureLeadRequest {

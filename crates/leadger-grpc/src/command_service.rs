@@ -51,7 +51,7 @@ impl CommandService {
             origin: Origin { client_id, request_id: valid.request_id, request_hash, correlation_id },
         };
         let request_id = pending.origin.request_id.clone().unwrap_or_default();
-        match self.gateway.submit(pending, None).await {
+        match self.gateway.submit(pending).await {
             Ok(outcome) => {
                 tracing::debug!(rpc, %lead_id, request_id, position = outcome.position, replayed = outcome.replayed, "command applied");
                 Ok(present::command_result(&outcome))

@@ -39,7 +39,6 @@ pub fn status(error: &CommandError) -> Status {
         }
         CommandError::RequestIdReused { .. } => with_info(Code::AlreadyExists, message, "REQUEST_ID_REUSED", &[]),
         CommandError::Overloaded { .. } => with_info(Code::ResourceExhausted, message, "OVERLOADED", &[]),
-        CommandError::DeadlineExceeded => Status::deadline_exceeded(message),
         CommandError::ShuttingDown => with_info(Code::Unavailable, message, "SHUTTING_DOWN", &[]),
         CommandError::Unavailable(_) => with_info(Code::Unavailable, message, "LOG_UNAVAILABLE", &[]),
         CommandError::Internal(_) => Status::internal(message),

@@ -64,6 +64,7 @@ pub async fn serve<L: EventLog>(
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         health.set_not_serving::<LeadCommandServiceServer<CommandService>>().await;
+        health.set_not_serving::<LeadQueryServiceServer<QueryService<L>>>().await;
         let _ = stopping_tx.send(true);
     };
     tonic::transport::Server::builder()

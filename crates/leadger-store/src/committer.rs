@@ -7,8 +7,8 @@
 //! queues, so throughput is bound by commits per second times batch size, not
 //! by one fsync per command. A full queue is refused at once
 //! ([`CommandError::Overloaded`]) instead of growing memory, and a command
-//! whose deadline passed (or whose caller went away) before it joined a batch
-//! is not applied.
+//! whose caller went away (cancelled, or its gRPC deadline passed, which makes
+//! tonic drop the handler) before it joined a batch is not applied.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -47,7 +47,6 @@ pub fn system_clock() -> Clock {
 
 struct Job {
     pending: PendingCommand,
-    deadline: Option<Instant>,
     reply: oneshot::Sender<Result<CommandOutcome, CommandError>>,
 }
 
@@ -67,13 +66,9 @@ impl std::fmt::Debug for CommandGateway {
 
 impl CommandGateway {
     /// Submits a command and waits until it is committed or refused.
-    pub async fn submit(
-        &self,
-        pending: PendingCommand,
-        deadline: Option<Instant>,
-    ) -> Result<CommandOutcome, CommandError> {
+    pub async fn submit(&self, pending: PendingCommand) -> Result<CommandOutcome, CommandError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.try_send(Job { pending, deadline, reply }).map_err(|error| match error {
+        self.jobs.try_send(Job { pending, reply }).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => CommandError::Overloaded { queued: self.jobs.max_capacity() },
             mpsc::error::TrySendError::Closed(_) => CommandError::ShuttingDown,
         })?;
@@ -113,12 +108,8 @@ async fn run<L: EventLog>(
     let mut batch: Vec<Job> = Vec::with_capacity(config.max_batch);
     let mut next_purge = Instant::now();
     while queue.recv_many(&mut batch, config.max_batch).await > 0 {
-        let started = Instant::now();
-        let (live, stale): (Vec<Job>, Vec<Job>) =
-            batch.drain(..).partition(|job| !job.reply.is_closed() && job.deadline.is_none_or(|d| d > started));
-        for job in stale {
-            let _ = job.reply.send(Err(CommandError::DeadlineExceeded));
-        }
+        // Nobody waits for these any more: leave them out.
+        let live: Vec<Job> = batch.drain(..).filter(|job| !job.reply.is_closed()).collect();
         if live.is_empty() {
             if queue.is_empty() {
                 log.idle();
@@ -134,19 +125,9 @@ async fn run<L: EventLog>(
         }
         match appended {
             Ok(outcomes) => {
-                let last = outcomes.iter().filter_map(|o| o.as_ref().ok()).map(|o| o.position).max();
-                if let Some(last) = last {
-                    committed.send_if_modified(|seen| {
-                        let advanced = last > *seen;
-                        *seen = (*seen).max(last);
-                        advanced
-                    });
+                if let Some(last) = outcomes.iter().filter_map(|o| o.as_ref().ok()).map(|o| o.position).max() {
+                    crate::advance(&committed, last);
                 }
-                tracing::debug!(
-                    batch = live.len(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "committed batch"
-                );
                 for (job, outcome) in live.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
                 }

@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::planner::LeadHead;
+
 pub use committer::{CommandGateway, CommitterConfig, spawn_committer};
-pub use planner::LeadHead;
 pub use postgres::PostgresLog;
 pub use sqlite::SqliteLog;
 pub use vault::{DataKey, MissingKek, Vault, VaultError};
@@ -77,8 +78,6 @@ pub enum CommandError {
     RequestIdReused { request_id: String },
     #[error("the server is at capacity: {queued} commands are waiting; retry with backoff")]
     Overloaded { queued: usize },
-    #[error("the deadline passed before the command joined a commit")]
-    DeadlineExceeded,
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("the event log is unavailable: {0}")]
@@ -247,8 +246,14 @@ impl DatabaseUrl {
     }
 }
 
-fn lead_id_of(uuid: Uuid) -> LeadId {
-    LeadId::from_uuid(uuid)
+/// Moves a watched log position forward (never back), waking watchers only
+/// when it advanced.
+fn advance(watched: &watch::Sender<u64>, position: u64) {
+    watched.send_if_modified(|seen| {
+        let advanced = position > *seen;
+        *seen = (*seen).max(position);
+        advanced
+    });
 }
 
 fn timestamp(micros: i64, what: &str) -> Result<Timestamp, StoreError> {
@@ -280,7 +285,7 @@ fn recorded_event(
     Ok(RecordedEvent {
         position: unsigned(position, "position")?,
         event_id,
-        lead_id: lead_id_of(stream_id),
+        lead_id: LeadId::from_uuid(stream_id),
         version: unsigned(version, "version")?,
         metadata: serde_json::from_str(&metadata)
             .map_err(|e| StoreError::Corrupt(format!("metadata of event at position {position}: {e}")))?,

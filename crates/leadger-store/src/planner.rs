@@ -35,7 +35,8 @@ pub(crate) struct Receipt {
 #[derive(Debug, Default)]
 pub(crate) struct BatchKeys {
     pub lead_ids: Vec<LeadId>,
-    pub email_indexes: Vec<String>,
+    /// Per command of the batch: the email index of a capture.
+    pub capture_email_indexes: Vec<Option<String>>,
     pub external_refs: Vec<String>,
     pub receipt_keys: Vec<(String, String)>,
     /// Existing leads whose commands carry personal text to seal.
@@ -54,9 +55,10 @@ impl BatchKeys {
             if let Some(request_id) = &pending.origin.request_id {
                 keys.receipt_keys.push((pending.origin.client_id.clone(), request_id.clone()));
             }
+            let mut email_index = None;
             match &command.action {
                 Action::Capture(details) => {
-                    keys.email_indexes.push(vault.email_index(&details.email));
+                    email_index = Some(vault.email_index(&details.email));
                     if let Some(external_ref) = &details.external_ref {
                         keys.external_refs.push(external_ref.as_str().to_string());
                     }
@@ -64,8 +66,14 @@ impl BatchKeys {
                 action if carries_personal_text(action) => keys.key_leads.push(command.lead_id),
                 _ => {}
             }
+            keys.capture_email_indexes.push(email_index);
         }
         keys
+    }
+
+    /// The email indexes of the batch's captures, to look up open leads by.
+    pub fn email_indexes(&self) -> Vec<String> {
+        self.capture_email_indexes.iter().flatten().cloned().collect()
     }
 }
 
@@ -133,6 +141,7 @@ impl Plan {
 /// Decides every command of the batch in order on the snapshot.
 pub(crate) fn plan(
     batch: &[&PendingCommand],
+    keys: &BatchKeys,
     mut snapshot: Snapshot,
     now: Timestamp,
     vault: &Vault,
@@ -141,8 +150,9 @@ pub(crate) fn plan(
     let mut next_position = snapshot.last_position + 1;
     let mut data_keys: HashMap<LeadId, DataKey> = HashMap::new();
     let mut changed: Vec<LeadId> = Vec::new();
-    for pending in batch {
-        let outcome = plan_one(pending, &mut snapshot, &mut data_keys, &mut plan, &mut next_position, now, vault)?;
+    for (pending, email_index) in batch.iter().zip(&keys.capture_email_indexes) {
+        let decided = Decided { snapshot: &mut snapshot, data_keys: &mut data_keys, plan: &mut plan };
+        let outcome = plan_one(pending, email_index.as_deref(), decided, &mut next_position, now, vault)?;
         if let Ok(outcome) = &outcome
             && !outcome.replayed
             && !changed.contains(&outcome.lead_id)
@@ -156,16 +166,24 @@ pub(crate) fn plan(
     Ok(plan)
 }
 
+/// What the commands decided so far have changed.
+struct Decided<'a> {
+    snapshot: &'a mut Snapshot,
+    data_keys: &'a mut HashMap<LeadId, DataKey>,
+    plan: &'a mut Plan,
+}
+
 /// `Err` only for a store failure that must abort the whole batch.
+/// `email_index` is the capture's, computed once by [`BatchKeys::of`].
 fn plan_one(
     pending: &PendingCommand,
-    snapshot: &mut Snapshot,
-    data_keys: &mut HashMap<LeadId, DataKey>,
-    plan: &mut Plan,
+    email_index: Option<&str>,
+    decided: Decided<'_>,
     next_position: &mut u64,
     now: Timestamp,
     vault: &Vault,
 ) -> Result<Result<CommandOutcome, CommandError>, StoreError> {
+    let Decided { snapshot, data_keys, plan } = decided;
     let command = &pending.command;
     let origin = &pending.origin;
     let receipt_key = origin.request_id.as_ref().map(|request_id| (origin.client_id.clone(), request_id.clone()));
@@ -187,7 +205,7 @@ fn plan_one(
     let mut new_wrapped_key: Option<String> = None;
     let new_head = match (&event.kind, head) {
         (LeadEventKind::Captured(details), _) => {
-            let email_index = vault.email_index(&details.email);
+            let email_index = email_index.map_or_else(|| vault.email_index(&details.email), str::to_string);
             if let Some(existing) = snapshot.open_emails.get(&email_index) {
                 return Ok(Err(CommandError::EmailTaken { existing: *existing }));
             }
@@ -342,7 +360,8 @@ mod tests {
                 external_ref: None,
             }),
         );
-        let plan = plan(&[&qualify, &capture], snapshot, now, &vault).expect("the batch is planned");
+        let batch = [&qualify, &capture];
+        let plan = plan(&batch, &BatchKeys::of(&batch, &vault), snapshot, now, &vault).expect("the batch is planned");
         assert!(matches!(plan.outcomes[0], Err(CommandError::Internal(_))));
         let captured = plan.outcomes[1].as_ref().expect("the capture goes through");
         assert_eq!(captured.position, 42);

@@ -23,7 +23,7 @@ use crate::planner::{self, BatchKeys, Plan, Receipt, Snapshot};
 use crate::vault::Vault;
 use crate::{
     CommandError, CommandOutcome, EventLog, LeadQuery, LeadSummary, PendingCommand, RecordedEvent, StoreError, as_i64,
-    lead_head, lead_id_of, recorded_event, stage, unsigned,
+    lead_head, recorded_event, stage, unsigned,
 };
 
 /// Opens a batch's transaction and takes the append lock in one round trip.
@@ -113,7 +113,7 @@ impl PostgresLog {
                                       WHERE client_id = k.client_id AND request_id = k.request_id LIMIT 1) r)",
         )
         .bind(&ids)
-        .bind(&keys.email_indexes)
+        .bind(keys.email_indexes())
         .bind(&keys.external_refs)
         .bind(&clients)
         .bind(&requests)
@@ -124,23 +124,23 @@ impl PostgresLog {
             parse_rows::<HeadAndKeyColumns>(&heads, "lead heads")?
         {
             let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
-            let lead_id = lead_id_of(id);
+            let lead_id = LeadId::from_uuid(id);
             if let Some(wrapped) = wrapped_key.filter(|_| keys.key_leads.contains(&lead_id)) {
                 snapshot.wrapped_keys.insert(lead_id, wrapped);
             }
             snapshot.heads.insert(lead_id, head);
         }
         for (email_index, id) in parse_rows::<(String, Uuid)>(&open_emails, "open emails")? {
-            snapshot.open_emails.insert(email_index, lead_id_of(id));
+            snapshot.open_emails.insert(email_index, LeadId::from_uuid(id));
         }
         for (external_ref, id) in parse_rows::<(String, Uuid)>(&external_refs, "external refs")? {
-            snapshot.external_refs.insert(external_ref, lead_id_of(id));
+            snapshot.external_refs.insert(external_ref, LeadId::from_uuid(id));
         }
         for (client_id, request_id, request_hash, id, version, position, stage_text) in
             parse_rows::<(String, String, String, Uuid, i64, i64, String)>(&receipts, "receipts")?
         {
             let outcome = CommandOutcome {
-                lead_id: lead_id_of(id),
+                lead_id: LeadId::from_uuid(id),
                 version: unsigned(version, "version")?,
                 position: unsigned(position, "position")?,
                 stage: stage(&stage_text)?,
@@ -218,6 +218,19 @@ impl PostgresLog {
     fn take_next_batch(&self) -> Option<Locking> {
         self.next_batch.lock().ok().and_then(|mut slot| slot.take())
     }
+
+    /// A transaction holding the append lock: the one prepared while the
+    /// previous batch committed, or a new one.
+    async fn locked_transaction(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        if let Some(locking) = self.take_next_batch() {
+            match locking.await {
+                Ok(Ok(tx)) => return Ok(tx),
+                Ok(Err(error)) => tracing::warn!(%error, "prepare the next batch's transaction; beginning a new one"),
+                Err(error) => tracing::warn!(%error, "prepare the next batch's transaction; beginning a new one"),
+            }
+        }
+        self.pool.begin_with(BEGIN_AND_LOCK).await
+    }
 }
 
 /// Lets a prepared transaction finish taking the lock, then rolls it back.
@@ -266,21 +279,11 @@ impl EventLog for PostgresLog {
     ) -> Result<Vec<Result<CommandOutcome, CommandError>>, StoreError> {
         let started = std::time::Instant::now();
         let keys = BatchKeys::of(batch, vault);
-        let mut tx = match self.take_next_batch() {
-            Some(locking) => match locking.await {
-                Ok(Ok(tx)) => tx,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "prepare the next batch's transaction; beginning a new one");
-                    self.pool.begin_with(BEGIN_AND_LOCK).await?
-                }
-                Err(_) => self.pool.begin_with(BEGIN_AND_LOCK).await?,
-            },
-            None => self.pool.begin_with(BEGIN_AND_LOCK).await?,
-        };
+        let mut tx = self.locked_transaction().await?;
         let locked = started.elapsed();
         let snapshot = self.snapshot(&mut tx, &keys).await?;
         let read = started.elapsed();
-        let plan = planner::plan(batch, snapshot, now, vault)?;
+        let plan = planner::plan(batch, &keys, snapshot, now, vault)?;
         let planned = started.elapsed();
         if !plan.events.is_empty() {
             Self::write(&mut tx, &plan).await?;
@@ -346,7 +349,7 @@ impl EventLog for PostgresLog {
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id, wrapped)| (lead_id_of(id), wrapped)).collect())
+        Ok(rows.into_iter().map(|(id, wrapped)| (LeadId::from_uuid(id), wrapped)).collect())
     }
 
     async fn find_leads(&self, query: &LeadQuery) -> Result<Vec<LeadSummary>, StoreError> {
@@ -370,7 +373,7 @@ impl EventLog for PostgresLog {
         rows.into_iter()
             .map(|(id, stage, version, seen, last, assignee, owner, email_index, external_ref)| {
                 let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
-                Ok(LeadSummary { lead_id: lead_id_of(id), lead: head.lead, external_ref: head.external_ref })
+                Ok(LeadSummary { lead_id: LeadId::from_uuid(id), lead: head.lead, external_ref: head.external_ref })
             })
             .collect()
     }
@@ -415,11 +418,7 @@ impl EventLog for PostgresLog {
                         notification = listener.recv() => match notification {
                             Ok(notification) => {
                                 if let Ok(position) = notification.payload().parse::<u64>() {
-                                    appended.send_if_modified(|seen| {
-                                        let advanced = position > *seen;
-                                        *seen = (*seen).max(position);
-                                        advanced
-                                    });
+                                    crate::advance(&appended, position);
                                 }
                             }
                             Err(error) => {

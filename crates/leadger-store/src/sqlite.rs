@@ -19,7 +19,7 @@ use crate::planner::{self, BatchKeys, Plan, Receipt, Snapshot};
 use crate::vault::Vault;
 use crate::{
     CommandError, CommandOutcome, EventLog, LeadQuery, LeadSummary, PendingCommand, RecordedEvent, StoreError, as_i64,
-    lead_head, lead_id_of, recorded_event, stage, unsigned,
+    lead_head, recorded_event, stage, unsigned,
 };
 
 #[derive(Debug, Clone)]
@@ -72,12 +72,13 @@ impl SqliteLog {
             }
             snapshot.heads.insert(lead_id, head);
         }
-        if !keys.email_indexes.is_empty() {
+        let email_indexes = keys.email_indexes();
+        if !email_indexes.is_empty() {
             let rows: Vec<(String, String)> = sqlx::query_as(
                 "SELECT email_index, lead_id FROM leads
                  WHERE email_index IN (SELECT value FROM json_each(?1)) AND stage NOT IN ('WON', 'LOST')",
             )
-            .bind(json_list(keys.email_indexes.iter().cloned()))
+            .bind(json_list(email_indexes.into_iter()))
             .fetch_all(&mut **tx)
             .await?;
             for (email_index, id) in rows {
@@ -220,7 +221,9 @@ fn json_list(items: impl Iterator<Item = String>) -> String {
 }
 
 fn parse_lead_id(text: &str) -> Result<LeadId, StoreError> {
-    Uuid::try_parse(text).map(lead_id_of).map_err(|_| StoreError::Corrupt(format!("lead id {text:?} is not a UUID")))
+    Uuid::try_parse(text)
+        .map(LeadId::from_uuid)
+        .map_err(|_| StoreError::Corrupt(format!("lead id {text:?} is not a UUID")))
 }
 
 fn event_from(columns: EventColumns) -> Result<RecordedEvent, StoreError> {
@@ -254,7 +257,7 @@ impl EventLog for SqliteLog {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let snapshot = self.snapshot(&mut tx, &keys).await?;
         let read = started.elapsed();
-        let plan = planner::plan(batch, snapshot, now, vault)?;
+        let plan = planner::plan(batch, &keys, snapshot, now, vault)?;
         let planned = started.elapsed();
         if !plan.events.is_empty() {
             Self::write(&mut tx, &plan).await?;
