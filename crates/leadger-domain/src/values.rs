@@ -77,6 +77,36 @@ impl Timestamp {
     pub fn saturating_add_micros(&self, micros: i64) -> Self {
         Self(self.0.saturating_add(micros))
     }
+
+    /// RFC 3339 in UTC with microseconds, e.g. `2026-11-24T09:15:00.123456Z`.
+    pub fn to_rfc3339(&self) -> String {
+        let days = self.0.div_euclid(86_400_000_000);
+        let of_day = self.0.rem_euclid(86_400_000_000);
+        let (year, month, day) = civil_from_days(days);
+        let seconds = of_day / 1_000_000;
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            seconds / 3600,
+            seconds / 60 % 60,
+            seconds % 60,
+            of_day % 1_000_000
+        )
+    }
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 impl fmt::Display for Timestamp {
@@ -291,6 +321,17 @@ impl Money {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_print_as_rfc3339_utc_with_microseconds() {
+        let at = |micros| Timestamp::from_micros(micros).expect("in range").to_rfc3339();
+        assert_eq!(at(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(1_795_511_700_123_456), "2026-11-24T09:15:00.123456Z");
+        assert_eq!(at(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(at(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(Timestamp::MIN.to_rfc3339(), "0001-01-01T00:00:00.000000Z");
+        assert_eq!(Timestamp::MAX.to_rfc3339(), "9999-12-31T23:59:59.999999Z");
+    }
 
     #[test]
     fn emails_are_checked_and_normalized() {

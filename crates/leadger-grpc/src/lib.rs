@@ -14,4 +14,4 @@ mod request;
 mod server;
 
 pub use command_service::{CLIENT_ID_HEADER, CORRELATION_ID_HEADER};
-pub use server::{ServeFailure, ServerConfig, serve};
+pub use server::{Background, Companion, HealthCheck, ServeFailure, ServerConfig, serve, serve_with};

@@ -10,7 +10,10 @@ use leadger_store::committer::Clock;
 use leadger_store::{CommitterConfig, EventLog, StoreError, Vault, spawn_committer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::command_service::CommandService;
 use crate::limits::RequestSizeLayer;
@@ -34,6 +37,25 @@ impl Default for ServerConfig {
     }
 }
 
+/// Work that runs beside the gRPC services in the same process (the NATS
+/// relay, projectors): started with the log's commit notifications (the last
+/// committed position) and a flag that turns true at shutdown.
+pub type Companion = Box<dyn FnOnce(watch::Receiver<u64>, watch::Receiver<bool>) -> JoinHandle<()> + Send>;
+
+/// A service name reported by the gRPC health service, serving while the
+/// watched flag is true (e.g. `leadger.relay` while the relay can publish).
+pub struct HealthCheck {
+    pub service: &'static str,
+    pub serving: watch::Receiver<bool>,
+}
+
+/// Companions and their health checks; none by default.
+#[derive(Default)]
+pub struct Background {
+    pub companions: Vec<Companion>,
+    pub health_checks: Vec<HealthCheck>,
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
 /// commands finish (ending live log followers), drains the committer and
 /// returns.
@@ -44,6 +66,18 @@ pub async fn serve<L: EventLog>(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeFailure> {
+    serve_with(log, vault, listener, config, Background::default(), shutdown).await
+}
+
+/// [`serve`], with companions running beside the services until shutdown.
+pub async fn serve_with<L: EventLog>(
+    log: Arc<L>,
+    vault: Arc<Vault>,
+    listener: TcpListener,
+    config: ServerConfig,
+    background: Background,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeFailure> {
     let head = log.head_position().await.map_err(ServeFailure::Store)?;
     let (gateway, committer) =
         spawn_committer(log.clone(), vault.clone(), config.clock.clone(), config.committer, head);
@@ -51,6 +85,11 @@ pub async fn serve<L: EventLog>(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LeadCommandServiceServer<CommandService>>().await;
     health.set_serving::<LeadQueryServiceServer<QueryService<L>>>().await;
+    for check in background.health_checks {
+        tokio::spawn(report_health(health.clone(), check, stopping.clone()));
+    }
+    let companions: Vec<JoinHandle<()>> =
+        background.companions.into_iter().map(|start| start(gateway.committed(), stopping.clone())).collect();
     let reflection_v1 = reflection().build_v1().map_err(|e| ServeFailure::Reflection(e.to_string()))?;
     // grpcurl before 1.8.8 and many other tools still ask v1alpha.
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeFailure::Reflection(e.to_string()))?;
@@ -78,8 +117,33 @@ pub async fn serve<L: EventLog>(
         .await
         .map_err(|e| ServeFailure::Transport(e.to_string()))?;
     committer.await.map_err(|e| ServeFailure::Committer(e.to_string()))?;
+    for companion in companions {
+        if let Err(error) = companion.await {
+            tracing::error!(%error, "a background task failed");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Mirrors a health check into the health service until shutdown.
+async fn report_health(health: HealthReporter, mut check: HealthCheck, mut stopping: watch::Receiver<bool>) {
+    loop {
+        let status = if *check.serving.borrow_and_update() && !*stopping.borrow() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status(check.service, status).await;
+        let stopped = tokio::select! {
+            changed = check.serving.changed() => changed.is_err(),
+            _ = stopping.wait_for(|stop| *stop) => true,
+        };
+        if stopped {
+            health.set_service_status(check.service, ServingStatus::NotServing).await;
+            break;
+        }
+    }
 }
 
 /// Reflection over leadger's API, health and the `google.rpc` error details.

@@ -273,3 +273,143 @@ pub fn decode(
     };
     Ok(LeadEvent { occurred_at, kind })
 }
+
+/// An event as analytics consumers see it: its public type name (e.g.
+/// `LeadQualified`) and its business attributes, without any personal field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublicEvent {
+    pub type_name: &'static str,
+    /// The stage the lead is in after this event, for events that move it.
+    pub stage: Option<&'static str>,
+    /// Business attributes by name; absent values are left out.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reads a stored payload into its [`PublicEvent`] without the lead's key:
+/// sealed personal fields are never opened, only left out.
+pub fn public_event(event_type: &str, schema_version: i32, payload: &str) -> Result<PublicEvent, CodecError> {
+    use serde_json::{Map, Value};
+
+    if schema_version != SCHEMA_VERSION {
+        return Err(CodecError::UnknownSchema { event_type: event_type.to_string(), version: schema_version });
+    }
+    let json_error = |source| CodecError::Json { event_type: event_type.to_string(), source };
+    let mut attributes = Map::new();
+    let mut put = |name: &str, value: Option<Value>| {
+        if let Some(value) = value {
+            attributes.insert(name.to_string(), value);
+        }
+    };
+    let (type_name, stage) = match event_type {
+        "lead.captured" => {
+            let v: CapturedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            put("company", v.company.map(Value::from));
+            put("source", v.source.map(Value::from));
+            put("campaign", v.campaign.map(Value::from));
+            put("persona", v.persona.map(Value::from));
+            put("external_ref", v.external_ref.map(Value::from));
+            ("LeadCaptured", Some("CAPTURED"))
+        }
+        "lead.qualified" => {
+            let v: QualifiedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            put("score", v.score.map(Value::from));
+            put("assignee", v.assignee.map(Value::from));
+            ("LeadQualified", Some("MQL"))
+        }
+        "lead.assigned" => {
+            let v: AssignedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            put("assignee", Some(Value::from(v.assignee)));
+            ("LeadAssigned", None)
+        }
+        "lead.accepted" => {
+            let v: AcceptedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            put("owner", Some(Value::from(v.owner)));
+            ("LeadAccepted", Some("SQL"))
+        }
+        "lead.rejected" => {
+            let v: RejectedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            put("reason", Some(Value::from(v.reason)));
+            ("LeadRejected", Some("REJECTED"))
+        }
+        "lead.closed" => {
+            let v: ClosedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            let amount = match (v.amount_minor, v.currency) {
+                (Some(amount_minor), Some(currency)) => {
+                    let mut amount = Map::new();
+                    amount.insert("amount_minor".to_string(), Value::from(amount_minor));
+                    amount.insert("currency".to_string(), Value::from(currency));
+                    Some(Value::Object(amount))
+                }
+                _ => None,
+            };
+            put("amount", amount);
+            put("lost_reason", v.lost_reason.map(Value::from));
+            let stage = match v.outcome {
+                OutcomeV1::Won => "WON",
+                OutcomeV1::Lost => "LOST",
+            };
+            ("LeadClosed", Some(stage))
+        }
+        "lead.feedback_recorded" => {
+            let v: FeedbackRecordedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            put("rating", Some(Value::from(v.rating)));
+            if !v.reason_codes.is_empty() {
+                put("reason_codes", Some(Value::from(v.reason_codes)));
+            }
+            ("LeadFeedbackRecorded", None)
+        }
+        other => return Err(CodecError::UnknownType(other.to_string())),
+    };
+    Ok(PublicEvent { type_name, stage, attributes })
+}
+
+#[cfg(test)]
+mod tests {
+    use leadger_domain::{Email, LeadId};
+
+    use super::*;
+    use crate::Vault;
+
+    fn label(text: &str) -> Option<Label> {
+        Label::parse_optional("test", text).expect("valid label")
+    }
+
+    #[test]
+    fn the_public_view_carries_business_attributes_and_no_personal_field() {
+        let vault = Vault::from_key([3; 32]);
+        let (key, _) = vault.new_data_key(LeadId::from_uuid(uuid::Uuid::from_u128(9)));
+        let captured = LeadEventKind::Captured(LeadDetails {
+            email: Email::parse("email", "ada@example.com").expect("valid"),
+            name: label("Ada Lovelace"),
+            company: label("Analytical Engines"),
+            phone: label("+44 20 7946 0000"),
+            source: label("webinar"),
+            campaign: None,
+            persona: label("cto"),
+            external_ref: None,
+        });
+        let payload = encode(&captured, Some(&key)).expect("encodes");
+        let public = public_event("lead.captured", SCHEMA_VERSION, &payload).expect("reads");
+        assert_eq!(public.type_name, "LeadCaptured");
+        assert_eq!(public.stage, Some("CAPTURED"));
+        let json = serde_json::Value::Object(public.attributes).to_string();
+        assert_eq!(json, r#"{"company":"Analytical Engines","persona":"cto","source":"webinar"}"#);
+
+        let feedback = LeadEventKind::FeedbackRecorded(Feedback {
+            rating: Rating::parse("rating", 2).expect("valid"),
+            reason_codes: vec![ReasonCode::parse("reason_codes", "no-budget").expect("valid")],
+            comment: Note::parse_optional("comment", "call was rude").expect("valid"),
+        });
+        let payload = encode(&feedback, Some(&key)).expect("encodes");
+        let public = public_event("lead.feedback_recorded", SCHEMA_VERSION, &payload).expect("reads");
+        let json = serde_json::Value::Object(public.attributes).to_string();
+        assert_eq!(json, r#"{"rating":2,"reason_codes":["no-budget"]}"#);
+    }
+
+    #[test]
+    fn unknown_types_and_schema_versions_are_errors() {
+        assert!(matches!(public_event("lead.teleported", 1, "{}"), Err(CodecError::UnknownType(_))));
+        assert!(matches!(public_event("lead.assigned", 7, "{}"), Err(CodecError::UnknownSchema { .. })));
+        assert!(matches!(public_event("lead.assigned", 1, "{}"), Err(CodecError::Json { .. })));
+    }
+}

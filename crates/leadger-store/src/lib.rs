@@ -15,6 +15,7 @@
 
 pub mod codec;
 pub mod committer;
+mod lease;
 mod planner;
 mod postgres;
 mod sqlite;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 use crate::planner::LeadHead;
 
 pub use committer::{CommandGateway, CommitterConfig, spawn_committer};
+pub use lease::{Lease, Leases};
 pub use postgres::PostgresLog;
 pub use sqlite::SqliteLog;
 pub use vault::{DataKey, MissingKek, Vault, VaultError};

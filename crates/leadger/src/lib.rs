@@ -7,12 +7,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use leadger_grpc::ServerConfig;
-use leadger_store::{DatabaseUrl, EventLog, MissingKek, PostgresLog, SqliteLog, Vault};
+use leadger_grpc::{Background, HealthCheck, ServerConfig};
+use leadger_nats::{NatsConnection, RelayConfig, RelayState, RelayStatus, StreamSettings, run_relay};
+use leadger_store::{DatabaseUrl, EventLog, Leases, MissingKek, PostgresLog, SqliteLog, Vault};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
 #[command(name = "leadger", version, about = "Event-sourced lead lifecycle service for sales and marketing")]
@@ -36,6 +39,9 @@ enum LogFormat {
 enum Command {
     /// Run the gRPC command and query service.
     Serve(ServeArgs),
+    /// Publish the event log to NATS JetStream as its own process
+    /// (PostgreSQL; with several relays, one publishes and the others stand by).
+    Relay(RelayArgs),
     /// Manage the key-encryption key that protects personal data.
     #[command(subcommand)]
     Kek(KekCommand),
@@ -69,6 +75,97 @@ pub struct ServeArgs {
     /// Most commands committed in one transaction.
     #[arg(long, env = "LEADGER_MAX_BATCH", default_value_t = 1024)]
     max_batch: usize,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The event log to publish: postgres://…
+    #[arg(long, env = "LEADGER_DATABASE_URL")]
+    database_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+/// Where and how the event log is published to NATS JetStream.
+#[derive(Debug, Args)]
+struct NatsArgs {
+    /// NATS server URL(s), comma-separated; enables the relay.
+    #[arg(long, env = "LEADGER_NATS_URL")]
+    nats_url: Option<String>,
+    /// NATS credentials file (JWT and NKey seed).
+    #[arg(long, env = "LEADGER_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// NATS authentication token.
+    #[arg(long, env = "LEADGER_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    /// CA certificate that signed the NATS server's TLS certificate.
+    #[arg(long, env = "LEADGER_NATS_TLS_CA")]
+    nats_tls_ca: Option<PathBuf>,
+    /// Client certificate for NATS servers that require mutual TLS.
+    #[arg(long, env = "LEADGER_NATS_TLS_CERT", requires = "nats_tls_key")]
+    nats_tls_cert: Option<PathBuf>,
+    /// Key of --nats-tls-cert.
+    #[arg(long, env = "LEADGER_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    nats_tls_key: Option<PathBuf>,
+    /// JetStream stream of the lead events (created or updated at start-up).
+    #[arg(long, env = "LEADGER_NATS_STREAM", default_value = "LEADS_V1_EVENTS")]
+    nats_stream: String,
+    /// Stream replicas: 1 on a single server, 3 on a cluster.
+    #[arg(long, env = "LEADGER_NATS_REPLICAS", default_value_t = 1)]
+    nats_replicas: usize,
+    /// How long the stream keeps events (e.g. 30d, 12h; 0 keeps them forever).
+    #[arg(long, env = "LEADGER_NATS_MAX_AGE", default_value = "0", value_parser = parse_duration)]
+    nats_max_age: Duration,
+    /// How long JetStream remembers event ids to drop repeated publishes.
+    #[arg(long, env = "LEADGER_NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    nats_duplicate_window: Duration,
+    /// `ce-source` of every published event.
+    #[arg(long, env = "LEADGER_EVENT_SOURCE", default_value = "urn:leadger:leads")]
+    event_source: String,
+}
+
+impl NatsArgs {
+    fn connection(&self, url: &str) -> NatsConnection {
+        NatsConnection {
+            url: url.to_string(),
+            credentials_file: self.nats_creds.clone(),
+            token: self.nats_token.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_client: self.nats_tls_cert.clone().zip(self.nats_tls_key.clone()),
+            name: "leadger relay".to_string(),
+        }
+    }
+
+    fn relay_config(&self) -> RelayConfig {
+        let stream = StreamSettings {
+            name: self.nats_stream.clone(),
+            replicas: self.nats_replicas,
+            max_age: self.nats_max_age,
+            duplicate_window: self.nats_duplicate_window,
+        };
+        RelayConfig::new(stream, self.event_source.clone())
+    }
+}
+
+/// A duration such as `0`, `90s`, `15m`, `12h` or `30d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 90s, 15m, 12h or 30d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }
 
 /// Runs the CLI and turns an error into a message and exit code 1.
@@ -83,11 +180,8 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Kek(KekCommand::Generate { path }) => generate_kek(&path),
-        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("start the tokio runtime")
-            .and_then(|runtime| runtime.block_on(serve(args))),
+        Command::Serve(args) => tokio_runtime().and_then(|runtime| runtime.block_on(serve(args))),
+        Command::Relay(args) => tokio_runtime().and_then(|runtime| runtime.block_on(relay(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,6 +191,10 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the tokio runtime")
 }
 
 fn generate_kek(path: &Path) -> anyhow::Result<()> {
@@ -137,26 +235,92 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match url {
         DatabaseUrl::Sqlite(url) => {
             let log = SqliteLog::connect(&url).await.with_context(|| format!("open {url}"))?;
-            run(log, vault, listener, config, &url).await
+            run(log, vault, listener, config, &args.nats, &url).await
         }
         DatabaseUrl::Postgres(url) => {
             let shown = redact(&url);
             let log = PostgresLog::connect(&url).await.with_context(|| format!("connect to {shown}"))?;
-            run(log, vault, listener, config, &shown).await
+            run(log, vault, listener, config, &args.nats, &shown).await
         }
     }
 }
 
-async fn run<L: EventLog>(
+async fn run<L: EventLog + Leases>(
     log: L,
     vault: Arc<Vault>,
     listener: TcpListener,
     config: ServerConfig,
+    nats: &NatsArgs,
     database: &str,
 ) -> anyhow::Result<()> {
+    let log = Arc::new(log);
+    let mut background = Background::default();
+    if let Some(url) = &nats.nats_url {
+        let client = nats.connection(url).connect().await?;
+        let (status_tx, status) = watch::channel(RelayStatus { state: RelayState::Starting, published: 0 });
+        background.health_checks.push(HealthCheck { service: RELAY_HEALTH_SERVICE, serving: relay_health(status) });
+        let (relay_log, config) = (log.clone(), nats.relay_config());
+        background.companions.push(Box::new(move |appended, stopping| {
+            tokio::spawn(run_relay(relay_log, client, config, appended, status_tx, stopping))
+        }));
+        tracing::info!(nats = url, stream = nats.nats_stream, "relay enabled");
+    }
     let address = listener.local_addr()?;
     tracing::info!(%address, database, "leadger serving gRPC");
-    leadger_grpc::serve(Arc::new(log), vault, listener, config, shutdown_signal()).await?;
+    leadger_grpc::serve_with(log, vault, listener, config, background, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// The health service name that reports the NATS relay: serving while it
+/// publishes or stands by, not serving while NATS or the database fails.
+const RELAY_HEALTH_SERVICE: &str = "leadger.relay";
+
+fn relay_health(mut status: watch::Receiver<RelayStatus>) -> watch::Receiver<bool> {
+    let (serving_tx, serving) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let healthy = status.borrow_and_update().is_healthy();
+            serving_tx.send_if_modified(|serving| std::mem::replace(serving, healthy) != healthy);
+            if status.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    serving
+}
+
+async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    let Some(url) = args.nats.nats_url.as_deref() else {
+        bail!("--nats-url (LEADGER_NATS_URL) is required: the relay publishes to NATS");
+    };
+    let database = match DatabaseUrl::parse(&args.database_url) {
+        Some(DatabaseUrl::Postgres(database)) => database,
+        Some(DatabaseUrl::Sqlite(_)) => bail!(
+            "`leadger relay` runs beside servers on PostgreSQL; with SQLite, give --nats-url to `leadger serve`, which relays in process"
+        ),
+        None => bail!("--database-url {:?} must start with postgres://", redact(&args.database_url)),
+    };
+    let shown = redact(&database);
+    let log = Arc::new(PostgresLog::connect(&database).await.with_context(|| format!("connect to {shown}"))?);
+    let client = args.nats.connection(url).connect().await?;
+    let head = log.head_position().await.context("read the log head")?;
+    let (appended_tx, appended) = watch::channel(head);
+    log.forward_foreign_appends(appended_tx);
+    let (status_tx, status) = watch::channel(RelayStatus { state: RelayState::Starting, published: 0 });
+    let (stopping_tx, stopping) = watch::channel(false);
+    let config = args.nats.relay_config();
+    tracing::info!(
+        database = shown,
+        nats = url,
+        stream = args.nats.nats_stream,
+        holder = config.holder,
+        "relay starting"
+    );
+    let relay = tokio::spawn(run_relay(log, client, config, appended, status_tx, stopping));
+    shutdown_signal().await;
+    tracing::info!(published = status.borrow().published, "relay shutting down");
+    let _ = stopping_tx.send(true);
+    relay.await.context("the relay task failed")?;
     Ok(())
 }
 
@@ -223,6 +387,17 @@ mod tests {
             Some(PathBuf::from("/var/lib/leadger/log.kek"))
         );
         assert!(kek_next_to("sqlite::memory:").is_err());
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("m").is_err());
     }
 
     #[test]

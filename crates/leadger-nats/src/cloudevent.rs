@@ -1,0 +1,127 @@
+//! One log event as a CloudEvent 1.0 in NATS binary mode: the attributes as
+//! `ce-*` headers, the business attributes as the JSON body, on a subject
+//! `leads.v1.events.<event>.<lead_id>`. Consumers' reference:
+//! `docs/consuming-events.md` and `docs/asyncapi.yaml`.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use leadger_store::RecordedEvent;
+use leadger_store::codec::{self, CodecError};
+
+/// Subject prefix of the event stream; the stream captures `<prefix>.>`.
+pub const EVENT_SUBJECT_PREFIX: &str = "leads.v1.events";
+/// Version of the bus payload schemas (`docs/schemas/leads.v1/*.1.schema.json`).
+pub const PAYLOAD_SCHEMA_VERSION: u32 = 1;
+/// The header holding the event's global log position.
+pub const POSITION_HEADER: &str = "ce-leadposition";
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub struct OutboundEvent {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// Builds the CloudEvent for a recorded event; `source` becomes `ce-source`.
+pub fn to_cloud_event(event: &RecordedEvent, source: &str) -> Result<OutboundEvent, CodecError> {
+    let public = codec::public_event(&event.event_type, event.schema_version, &event.payload)?;
+    let event_name = event.event_type.strip_prefix("lead.").unwrap_or(&event.event_type);
+    let lead_id = event.lead_id.to_string();
+    let ce_type = format!("leads.v1.{}", public.type_name);
+
+    let mut data = serde_json::Map::new();
+    data.insert("lead_id".to_string(), lead_id.clone().into());
+    if let Some(stage) = public.stage {
+        data.insert("stage".to_string(), stage.into());
+    }
+    data.extend(public.attributes);
+
+    let mut headers = HeaderMap::new();
+    let event_id = event.event_id.to_string();
+    headers.insert("Nats-Msg-Id", event_id.as_str());
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-id", event_id.as_str());
+    headers.insert("ce-source", percent_encode(source).as_str());
+    headers.insert("ce-type", ce_type.as_str());
+    headers.insert("ce-subject", lead_id.as_str());
+    headers.insert("ce-time", event.occurred_at.to_rfc3339().as_str());
+    headers.insert("ce-datacontenttype", "application/json");
+    headers.insert("ce-dataschema", format!("urn:leadger:schema:{ce_type}:{PAYLOAD_SCHEMA_VERSION}").as_str());
+    headers.insert(POSITION_HEADER, event.position.to_string().as_str());
+    headers.insert("ce-leadversion", event.version.to_string().as_str());
+    Ok(OutboundEvent {
+        subject: format!("{EVENT_SUBJECT_PREFIX}.{event_name}.{lead_id}"),
+        headers,
+        payload: Bytes::from(serde_json::Value::Object(data).to_string()),
+    })
+}
+
+/// Percent-encodes what the CloudEvents HTTP binding says must be: space,
+/// `"`, `%` and everything outside printable ASCII (as UTF-8 bytes).
+pub fn percent_encode(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x21..=0x7e).contains(&byte) && byte != b'"' && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use leadger_domain::{LeadId, Timestamp};
+    use leadger_store::EventMetadata;
+
+    use super::*;
+
+    fn recorded(event_type: &str, payload: &str) -> RecordedEvent {
+        RecordedEvent {
+            position: 42,
+            event_id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
+            lead_id: LeadId::from_uuid(uuid::Uuid::from_u128(7)),
+            version: 3,
+            event_type: event_type.to_string(),
+            schema_version: 1,
+            payload: payload.to_string(),
+            metadata: EventMetadata { request_id: None, client_id: "crm".to_string(), correlation_id: None },
+            occurred_at: Timestamp::from_micros(1_795_511_700_123_456).expect("in range"),
+            recorded_at: Timestamp::from_micros(1_795_511_701_000_000).expect("in range"),
+        }
+    }
+
+    fn header(event: &OutboundEvent, name: &str) -> String {
+        event.headers.get(name).map(|v| v.as_str().to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_closed_event_becomes_a_binary_mode_cloud_event() {
+        let stored = r#"{"outcome":"won","amount_minor":125000,"currency":"EUR","note":"c2VhbGVk"}"#;
+        let event = to_cloud_event(&recorded("lead.closed", stored), "urn:leadger:leads").expect("converts");
+        let lead = "00000000-0000-0000-0000-000000000007";
+        assert_eq!(event.subject, format!("leads.v1.events.closed.{lead}"));
+        assert_eq!(header(&event, "ce-specversion"), "1.0");
+        assert_eq!(header(&event, "ce-id"), "01900000-0000-7000-8000-000000000001");
+        assert_eq!(header(&event, "Nats-Msg-Id"), header(&event, "ce-id"));
+        assert_eq!(header(&event, "ce-type"), "leads.v1.LeadClosed");
+        assert_eq!(header(&event, "ce-subject"), lead);
+        assert_eq!(header(&event, "ce-time"), "2026-11-24T09:15:00.123456Z");
+        assert_eq!(header(&event, "ce-dataschema"), "urn:leadger:schema:leads.v1.LeadClosed:1");
+        assert_eq!(header(&event, "ce-leadposition"), "42");
+        assert_eq!(header(&event, "ce-leadversion"), "3");
+        assert_eq!(
+            std::str::from_utf8(&event.payload).expect("utf-8"),
+            format!(r#"{{"amount":{{"amount_minor":125000,"currency":"EUR"}},"lead_id":"{lead}","stage":"WON"}}"#)
+        );
+    }
+
+    #[test]
+    fn header_values_are_percent_encoded_where_needed() {
+        assert_eq!(percent_encode("urn:leadger:leads"), "urn:leadger:leads");
+        assert_eq!(percent_encode("/crm eu \"west\" 100%"), "/crm%20eu%20%22west%22%20100%25");
+        assert_eq!(percent_encode("köln"), "k%C3%B6ln");
+    }
+}

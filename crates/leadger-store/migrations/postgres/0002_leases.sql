@@ -1,0 +1,11 @@
+-- Named leases: at most one holder at a time (e.g. the NATS relay), taken
+-- over by a standby once it expires. `token` grows each time the lease
+-- changes hands; `progress` is the holder's last reported position.
+-- Expiry uses the database clock, so holders on different hosts agree.
+CREATE TABLE leases (
+    name            TEXT PRIMARY KEY,
+    holder          TEXT NOT NULL,
+    token           BIGINT NOT NULL,
+    expires_at_us   BIGINT NOT NULL,
+    progress        BIGINT NOT NULL
+);
