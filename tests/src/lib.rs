@@ -6,7 +6,10 @@
 //!   database in it ([`fresh_postgres_database`]).
 //! - SQLite: a new file in a temp dir per test.
 //! - gRPC: [`TestServer`] serves the real services on a real socket (port 0);
-//!   [`ServerProcess`] runs the real `leadger` binary as a child process.
+//!   [`ServerProcess`] runs the real `leadger` binary as a child process,
+//!   [`RelayProcess`] its `relay` subcommand.
+//! - NATS: [`nats::NatsServer`], a real `nats-server` per test.
+//! - [`workload`]: lead lifecycles driven through the gRPC API.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,9 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 pub use leadger_proto::leads::v1 as pb;
+
+pub mod nats;
+pub mod workload;
 
 /// Environment variable holding the admin URL of the test run's PostgreSQL.
 pub const PG_URL_ENV: &str = "LEADGER_TEST_PG_URL";
@@ -201,22 +207,35 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 
 /// Polls the gRPC health service until it answers SERVING (10 s deadline).
 pub async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_for_health(addr, "", true, Duration::from_secs(10)).await
+}
+
+/// Polls the gRPC health service until `service` (`""`: the server as a
+/// whole) reports SERVING (`serving`) or not, within `deadline`.
+pub async fn wait_for_health(addr: SocketAddr, service: &str, serving: bool, deadline: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let until = Instant::now() + deadline;
     loop {
         let attempt = async {
             let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
             let status = health
-                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .check(tonic_health::pb::HealthCheckRequest { service: service.to_string() })
                 .await?
                 .into_inner()
                 .status;
-            anyhow::ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+            anyhow::ensure!(
+                (status == ServingStatus::Serving as i32) == serving,
+                "health of {service:?} is {:?}",
+                ServingStatus::try_from(status)
+            );
             anyhow::Ok(())
         };
         match attempt.await {
             Ok(()) => return Ok(()),
-            Err(error) if Instant::now() > deadline => return Err(error.context(format!("{addr} is not serving"))),
+            Err(error) if Instant::now() > until => {
+                return Err(error.context(format!("{addr}: {service:?} did not turn serving={serving}")));
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
@@ -264,10 +283,45 @@ impl ServerProcess {
 
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.child.id().context("process already reaped")?;
-        let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
-        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
-        Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.context("exit after SIGTERM")??)
+        terminate(&mut self.child).await
+    }
+}
+
+/// Sends SIGTERM to `child` and waits (20 s at most) for its exit status.
+async fn terminate(child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
+    let pid = child.id().context("process already reaped")?;
+    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+    Ok(tokio::time::timeout(Duration::from_secs(20), child.wait()).await.context("exit after SIGTERM")??)
+}
+
+/// `leadger relay` as a child process; killed on drop.
+pub struct RelayProcess {
+    child: tokio::process::Child,
+}
+
+impl RelayProcess {
+    /// `binary relay --database-url <database> --nats-url <nats>` plus `args`.
+    pub fn start(binary: &Path, database: &str, nats: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let child = tokio::process::Command::new(binary)
+            .args(["relay", "--database-url", database, "--nats-url", nats])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn leadger relay")?;
+        Ok(Self { child })
+    }
+
+    /// SIGKILL: the relay dies wherever it is, with publishes in flight.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill the relay");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        terminate(&mut self.child).await
     }
 }
 

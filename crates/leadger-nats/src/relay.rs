@@ -251,7 +251,9 @@ impl<L: EventLog + Leases> Relay<L> {
                 }
             }
             let announced = *self.appended.borrow_and_update();
-            if buffer.is_empty() && in_flight.len() < window && (announced >= next || poll_due) {
+            // Refill once half the window is free, so each read fetches at
+            // least half a window instead of one event per acknowledgement.
+            if buffer.is_empty() && in_flight.len() <= window / 2 && (announced >= next || poll_due) {
                 poll_due = false;
                 let room = u32::try_from(window - in_flight.len()).unwrap_or(u32::MAX);
                 match self.log.read_log(next, room).await {
@@ -356,24 +358,29 @@ impl<L: EventLog + Leases> Relay<L> {
         self.status.send_modify(|status| status.published = position);
     }
 
-    /// Records a new state, logging only changes (not every retry).
+    /// Records a new state, logging only changes of kind: a failure that
+    /// repeats, even with another reason, is not logged again per retry.
     fn set_state(&mut self, state: RelayState) {
         if matches!(state, RelayState::Publishing | RelayState::Standby) {
             self.backoff = Duration::ZERO;
         }
         let published = self.published;
+        // Events committed but not yet in the stream, as far as this relay knows.
+        let behind = self.appended.borrow().saturating_sub(published);
         self.status.send_if_modified(|status| {
             status.published = published;
             if status.state == state {
                 return false;
             }
-            match &state {
-                RelayState::Publishing => tracing::info!(published, "relay publishing to NATS"),
-                RelayState::Standby => tracing::info!("relay on standby: another relay holds the lease"),
-                RelayState::Unavailable(reason) => {
-                    tracing::warn!(reason, published, "relay cannot publish; retrying with backoff")
+            if std::mem::discriminant(&status.state) != std::mem::discriminant(&state) {
+                match &state {
+                    RelayState::Publishing => tracing::info!(published, behind, "relay publishing to NATS"),
+                    RelayState::Standby => tracing::info!("relay on standby: another relay holds the lease"),
+                    RelayState::Unavailable(reason) => {
+                        tracing::warn!(reason, published, behind, "relay cannot publish; retrying with backoff")
+                    }
+                    RelayState::Starting | RelayState::Stopped => {}
                 }
-                RelayState::Starting | RelayState::Stopped => {}
             }
             status.state = state;
             true

@@ -124,17 +124,23 @@ struct NatsArgs {
     /// `ce-source` of every published event.
     #[arg(long, env = "LEADGER_EVENT_SOURCE", default_value = "urn:leadger:leads")]
     event_source: String,
+    /// How long the relay lease lasts unless renewed: how soon a standby
+    /// relay takes over from one that died.
+    #[arg(long, env = "LEADGER_NATS_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    nats_lease_ttl: Duration,
 }
 
 impl NatsArgs {
-    fn connection(&self, url: &str) -> NatsConnection {
+    /// The connection of the relay `holder` (named after it, so
+    /// `nats server report connections` tells relays apart).
+    fn connection(&self, url: &str, holder: &str) -> NatsConnection {
         NatsConnection {
             url: url.to_string(),
             credentials_file: self.nats_creds.clone(),
             token: self.nats_token.clone(),
             tls_ca: self.nats_tls_ca.clone(),
             tls_client: self.nats_tls_cert.clone().zip(self.nats_tls_key.clone()),
-            name: "leadger relay".to_string(),
+            name: format!("leadger {holder}"),
         }
     }
 
@@ -145,7 +151,7 @@ impl NatsArgs {
             max_age: self.nats_max_age,
             duplicate_window: self.nats_duplicate_window,
         };
-        RelayConfig::new(stream, self.event_source.clone())
+        RelayConfig { lease_ttl: self.nats_lease_ttl, ..RelayConfig::new(stream, self.event_source.clone()) }
     }
 }
 
@@ -256,10 +262,11 @@ async fn run<L: EventLog + Leases>(
     let log = Arc::new(log);
     let mut background = Background::default();
     if let Some(url) = &nats.nats_url {
-        let client = nats.connection(url).connect().await?;
+        let config = nats.relay_config();
+        let client = nats.connection(url, &config.holder).connect().await?;
         let (status_tx, status) = watch::channel(RelayStatus { state: RelayState::Starting, published: 0 });
         background.health_checks.push(HealthCheck { service: RELAY_HEALTH_SERVICE, serving: relay_health(status) });
-        let (relay_log, config) = (log.clone(), nats.relay_config());
+        let relay_log = log.clone();
         background.companions.push(Box::new(move |appended, stopping| {
             tokio::spawn(run_relay(relay_log, client, config, appended, status_tx, stopping))
         }));
@@ -302,13 +309,13 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     };
     let shown = redact(&database);
     let log = Arc::new(PostgresLog::connect(&database).await.with_context(|| format!("connect to {shown}"))?);
-    let client = args.nats.connection(url).connect().await?;
+    let config = args.nats.relay_config();
+    let client = args.nats.connection(url, &config.holder).connect().await?;
     let head = log.head_position().await.context("read the log head")?;
     let (appended_tx, appended) = watch::channel(head);
     log.forward_foreign_appends(appended_tx);
     let (status_tx, status) = watch::channel(RelayStatus { state: RelayState::Starting, published: 0 });
     let (stopping_tx, stopping) = watch::channel(false);
-    let config = args.nats.relay_config();
     tracing::info!(
         database = shown,
         nats = url,
