@@ -153,11 +153,25 @@ impl TestServer {
         let task = match backend {
             Backend::Sqlite => {
                 let log = Arc::new(SqliteLog::connect(&database.url).await.expect("open sqlite"));
-                tokio::spawn(leadger_grpc::serve(log, vault, listener, config, shutdown))
+                tokio::spawn(leadger_grpc::serve_with(
+                    log.clone(),
+                    vault,
+                    listener,
+                    config,
+                    with_projector(log),
+                    shutdown,
+                ))
             }
             Backend::Postgres => {
                 let log = Arc::new(PostgresLog::connect(&database.url).await.expect("connect postgres"));
-                tokio::spawn(leadger_grpc::serve(log, vault, listener, config, shutdown))
+                tokio::spawn(leadger_grpc::serve_with(
+                    log.clone(),
+                    vault,
+                    listener,
+                    config,
+                    with_projector(log),
+                    shutdown,
+                ))
             }
         };
         let server = Self { addr, database, stop: Some(stop), task: Some(task) };
@@ -181,6 +195,10 @@ impl TestServer {
         LeadQueryServiceClient::new(self.channel().await)
     }
 
+    pub async fn analytics(&self) -> pb::lead_analytics_service_client::LeadAnalyticsServiceClient<Channel> {
+        pb::lead_analytics_service_client::LeadAnalyticsServiceClient::new(self.channel().await)
+    }
+
     /// Graceful shutdown; returns once the server finished.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -198,6 +216,20 @@ impl Drop for TestServer {
             task.abort();
         }
     }
+}
+
+/// The projector running beside the services, as `leadger serve` runs it.
+fn with_projector<L>(log: Arc<L>) -> leadger_grpc::Background
+where
+    L: leadger_store::EventLog + leadger_store::JourneyStore + leadger_store::Leases,
+{
+    let mut background = leadger_grpc::Background::default();
+    background.companions.push(Box::new(move |appended, stopping| {
+        let (applied, _) = tokio::sync::watch::channel(0);
+        let config = leadger_projector::ProjectorConfig::default();
+        tokio::spawn(leadger_projector::run_projector(log, config, appended, applied, stopping))
+    }));
+    background
 }
 
 /// A gRPC channel to a server on `addr`.

@@ -9,10 +9,14 @@
 //! The core is two functions: [`decide`] turns a [`Command`] and the lead's
 //! current state into the one [`LeadEvent`] it produces, and [`evolve`] folds an
 //! event into the state. Time is a parameter (`now`), never read from a clock.
+//!
+//! [`journey`] holds the read-model math: each lead's path through the funnel
+//! and the funnel, conversion and lead-quality figures computed from it.
 
 mod command;
 mod error;
 mod event;
+pub mod journey;
 mod lead;
 mod values;
 

@@ -4,7 +4,10 @@
 //! to the store's group committer, and answered from its outcome. Protobuf
 //! types stop at this crate's edge: the domain and the store never see them.
 //! [`error::status`] is the one place where a refusal becomes a gRPC status.
+//! The analytics service answers from the journey read model that the
+//! projector keeps; the math is the domain's (`leadger_domain::journey`).
 
+mod analytics_service;
 mod command_service;
 pub mod error;
 mod limits;

@@ -1,13 +1,14 @@
-//! Wiring of one gRPC server: command and query services, health, reflection,
+//! Wiring of one gRPC server: command, query and analytics services, health, reflection,
 //! the request size limit and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use leadger_proto::leads::v1::lead_analytics_service_server::LeadAnalyticsServiceServer;
 use leadger_proto::leads::v1::lead_command_service_server::LeadCommandServiceServer;
 use leadger_proto::leads::v1::lead_query_service_server::LeadQueryServiceServer;
 use leadger_store::committer::Clock;
-use leadger_store::{CommitterConfig, EventLog, StoreError, Vault, spawn_committer};
+use leadger_store::{CommitterConfig, EventLog, JourneyStore, StoreError, Vault, spawn_committer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -15,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::analytics_service::AnalyticsService;
 use crate::command_service::CommandService;
 use crate::limits::RequestSizeLayer;
 use crate::query_service::QueryService;
@@ -59,7 +61,7 @@ pub struct Background {
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
 /// commands finish (ending live log followers), drains the committer and
 /// returns.
-pub async fn serve<L: EventLog>(
+pub async fn serve<L: EventLog + JourneyStore>(
     log: Arc<L>,
     vault: Arc<Vault>,
     listener: TcpListener,
@@ -70,7 +72,7 @@ pub async fn serve<L: EventLog>(
 }
 
 /// [`serve`], with companions running beside the services until shutdown.
-pub async fn serve_with<L: EventLog>(
+pub async fn serve_with<L: EventLog + JourneyStore>(
     log: Arc<L>,
     vault: Arc<Vault>,
     listener: TcpListener,
@@ -85,6 +87,7 @@ pub async fn serve_with<L: EventLog>(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LeadCommandServiceServer<CommandService>>().await;
     health.set_serving::<LeadQueryServiceServer<QueryService<L>>>().await;
+    health.set_serving::<LeadAnalyticsServiceServer<AnalyticsService<L>>>().await;
     for check in background.health_checks {
         tokio::spawn(report_health(health.clone(), check, stopping.clone()));
     }
@@ -95,6 +98,8 @@ pub async fn serve_with<L: EventLog>(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeFailure::Reflection(e.to_string()))?;
     let limit = config.max_request_bytes;
     let commands = LeadCommandServiceServer::new(CommandService::new(gateway.clone())).max_decoding_message_size(limit);
+    let analytics = LeadAnalyticsServiceServer::new(AnalyticsService::new(log.clone(), config.clock.clone()))
+        .max_decoding_message_size(limit);
     let queries = LeadQueryServiceServer::new(QueryService::new(log, vault, gateway.committed(), stopping))
         .max_decoding_message_size(limit);
     drop(gateway);
@@ -104,6 +109,7 @@ pub async fn serve_with<L: EventLog>(
         tracing::info!("shutting down: finishing in-flight requests");
         health.set_not_serving::<LeadCommandServiceServer<CommandService>>().await;
         health.set_not_serving::<LeadQueryServiceServer<QueryService<L>>>().await;
+        health.set_not_serving::<LeadAnalyticsServiceServer<AnalyticsService<L>>>().await;
         let _ = stopping_tx.send(true);
     };
     tonic::transport::Server::builder()
@@ -113,6 +119,7 @@ pub async fn serve_with<L: EventLog>(
         .add_service(reflection_v1alpha)
         .add_service(commands)
         .add_service(queries)
+        .add_service(analytics)
         .serve_with_incoming_shutdown(incoming, signal)
         .await
         .map_err(|e| ServeFailure::Transport(e.to_string()))?;

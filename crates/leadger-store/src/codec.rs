@@ -5,9 +5,10 @@
 //! phone, note, comment) are stored sealed under the lead's [`DataKey`].
 //! A new payload shape gets a new `schema_version`; decoding keeps every old one.
 
+use leadger_domain::journey::{Journey, JourneyStep, StageEntry};
 use leadger_domain::{
-    CloseOutcome, Closing, Email, Feedback, Label, LeadDetails, LeadEvent, LeadEventKind, Money, Note, Qualification,
-    Rating, ReasonCode, Rejection, Score, Timestamp, ValidationError,
+    CloseOutcome, Closing, Email, Feedback, Label, LeadDetails, LeadEvent, LeadEventKind, LeadId, Money, Note,
+    Qualification, Rating, ReasonCode, Rejection, Score, Stage, Timestamp, ValidationError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -272,6 +273,127 @@ pub fn decode(
         other => return Err(CodecError::UnknownType(other.to_string())),
     };
     Ok(LeadEvent { occurred_at, kind })
+}
+
+/// Reads a stored payload as a [`JourneyStep`] for the read models, without
+/// the lead's key: personal fields are never opened.
+pub fn journey_step(event_type: &str, schema_version: i32, payload: &str) -> Result<JourneyStep, CodecError> {
+    if schema_version != SCHEMA_VERSION {
+        return Err(CodecError::UnknownSchema { event_type: event_type.to_string(), version: schema_version });
+    }
+    let json_error = |source| CodecError::Json { event_type: event_type.to_string(), source };
+    let invalid = |source| CodecError::Invalid { event_type: event_type.to_string(), source };
+    Ok(match event_type {
+        "lead.captured" => {
+            let v: CapturedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            JourneyStep::Captured {
+                source: v.source.unwrap_or_default(),
+                campaign: v.campaign.unwrap_or_default(),
+                persona: v.persona.unwrap_or_default(),
+            }
+        }
+        "lead.qualified" => JourneyStep::Qualified,
+        "lead.assigned" => JourneyStep::Assigned,
+        "lead.accepted" => {
+            let v: AcceptedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            JourneyStep::Accepted { owner: v.owner }
+        }
+        "lead.rejected" => {
+            let v: RejectedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            JourneyStep::Rejected { reason: v.reason }
+        }
+        "lead.closed" => {
+            let v: ClosedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            match v.outcome {
+                OutcomeV1::Won => JourneyStep::Won {
+                    amount: match (v.amount_minor, v.currency) {
+                        (Some(amount), Some(currency)) => {
+                            Some(Money::parse("amount_minor", amount, "currency", &currency).map_err(invalid)?)
+                        }
+                        _ => None,
+                    },
+                },
+                OutcomeV1::Lost => JourneyStep::Lost { reason: v.lost_reason.unwrap_or_default() },
+            }
+        }
+        "lead.feedback_recorded" => {
+            let v: FeedbackRecordedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            JourneyStep::FeedbackRecorded { rating: v.rating }
+        }
+        other => return Err(CodecError::UnknownType(other.to_string())),
+    })
+}
+
+/// A journey as the read-model table stores it (rebuildable from the log,
+/// so not versioned like events).
+#[derive(Serialize, Deserialize)]
+struct JourneyRow {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    source: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    campaign: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    persona: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    owner: String,
+    /// `[stage, occurred_at_us]` per entry.
+    entries: Vec<(String, i64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    won_amount: Option<(i64, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rejection_reasons: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lost_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ratings: Vec<u8>,
+}
+
+pub fn encode_journey(journey: &Journey) -> String {
+    let row = JourneyRow {
+        source: journey.source.clone(),
+        campaign: journey.campaign.clone(),
+        persona: journey.persona.clone(),
+        owner: journey.owner.clone(),
+        entries: journey.entries.iter().map(|e| (e.stage.as_str().to_string(), e.at.as_micros())).collect(),
+        won_amount: journey.won_amount.as_ref().map(|m| (m.amount_minor, m.currency.as_str().to_string())),
+        rejection_reasons: journey.rejection_reasons.clone(),
+        lost_reason: journey.lost_reason.clone(),
+        ratings: journey.ratings.clone(),
+    };
+    serde_json::to_string(&row).expect("journey rows always serialize")
+}
+
+pub fn decode_journey(lead_id: LeadId, text: &str) -> Result<Journey, String> {
+    let row: JourneyRow = serde_json::from_str(text).map_err(|e| format!("journey of lead {lead_id}: {e}"))?;
+    let entries = row
+        .entries
+        .iter()
+        .map(|(stage, at)| {
+            let stage = Stage::parse(stage).ok_or_else(|| format!("journey of lead {lead_id}: stage {stage:?}"))?;
+            let at = Timestamp::from_micros(*at).ok_or_else(|| format!("journey of lead {lead_id}: time {at}"))?;
+            Ok(StageEntry { stage, at })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    if entries.is_empty() {
+        return Err(format!("journey of lead {lead_id} has no stage entry"));
+    }
+    let won_amount = row
+        .won_amount
+        .map(|(amount, currency)| Money::parse("amount_minor", amount, "currency", &currency))
+        .transpose()
+        .map_err(|e| format!("journey of lead {lead_id}: {e}"))?;
+    Ok(Journey {
+        lead_id,
+        source: row.source,
+        campaign: row.campaign,
+        persona: row.persona,
+        owner: row.owner,
+        entries,
+        won_amount,
+        rejection_reasons: row.rejection_reasons,
+        lost_reason: row.lost_reason,
+        ratings: row.ratings,
+    })
 }
 
 /// An event as analytics consumers see it: its public type name (e.g.

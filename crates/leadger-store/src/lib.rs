@@ -11,10 +11,12 @@
 //! decides each command on the lead's current state with the pure domain, and
 //! refuses a bad command alone without disturbing the rest of its batch
 //! ([`planner`]). Personal fields are sealed under per-lead keys ([`vault`])
-//! before they reach the log ([`codec`]).
+//! before they reach the log ([`codec`]). The journey read model that the
+//! projector derives from the log lives beside it ([`journeys`]).
 
 pub mod codec;
 pub mod committer;
+pub mod journeys;
 mod lease;
 mod planner;
 mod postgres;
@@ -32,6 +34,7 @@ use uuid::Uuid;
 use crate::planner::LeadHead;
 
 pub use committer::{CommandGateway, CommitterConfig, spawn_committer};
+pub use journeys::{JourneyCursor, JourneyScope, JourneySnapshot, JourneyStore};
 pub use lease::{Lease, Leases};
 pub use postgres::PostgresLog;
 pub use sqlite::SqliteLog;

@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use leadger_grpc::{Background, HealthCheck, ServerConfig};
 use leadger_nats::{NatsConnection, RelayConfig, RelayState, RelayStatus, StreamSettings, run_relay};
-use leadger_store::{DatabaseUrl, EventLog, Leases, MissingKek, PostgresLog, SqliteLog, Vault};
+use leadger_projector::{ProjectorConfig, rebuild, run_projector};
+use leadger_store::{DatabaseUrl, EventLog, JourneyStore, Leases, MissingKek, PostgresLog, SqliteLog, Vault};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -42,6 +43,9 @@ enum Command {
     /// Publish the event log to NATS JetStream as its own process
     /// (PostgreSQL; with several relays, one publishes and the others stand by).
     Relay(RelayArgs),
+    /// Keep the read models up to date as their own process (PostgreSQL; with
+    /// several projectors, one writes and the others stand by), or rebuild them.
+    Project(ProjectArgs),
     /// Manage the key-encryption key that protects personal data.
     #[command(subcommand)]
     Kek(KekCommand),
@@ -75,8 +79,28 @@ pub struct ServeArgs {
     /// Most commands committed in one transaction.
     #[arg(long, env = "LEADGER_MAX_BATCH", default_value_t = 1024)]
     max_batch: usize,
+    /// Do not run the projector in this process: `leadger project` workers
+    /// keep the read models instead (PostgreSQL).
+    #[arg(long, env = "LEADGER_NO_PROJECTOR")]
+    no_projector: bool,
     #[command(flatten)]
     nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectArgs {
+    /// The event log: postgres://… (or sqlite://PATH with --rebuild).
+    #[arg(long, env = "LEADGER_DATABASE_URL")]
+    database_url: String,
+    /// Replay the whole log into fresh read-model rows, swap them in
+    /// atomically and exit. MODEL: `journeys` (funnel, conversion, lead
+    /// quality), the default and only one so far.
+    #[arg(long, value_name = "MODEL", num_args = 0..=1, default_missing_value = "journeys")]
+    rebuild: Option<String>,
+    /// How long the projector lease lasts unless renewed: how soon a standby
+    /// takes over from a projector that died.
+    #[arg(long, env = "LEADGER_PROJECTOR_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    lease_ttl: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +212,7 @@ pub fn main() -> ExitCode {
         Command::Kek(KekCommand::Generate { path }) => generate_kek(&path),
         Command::Serve(args) => tokio_runtime().and_then(|runtime| runtime.block_on(serve(args))),
         Command::Relay(args) => tokio_runtime().and_then(|runtime| runtime.block_on(relay(args))),
+        Command::Project(args) => tokio_runtime().and_then(|runtime| runtime.block_on(project(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,26 +266,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match url {
         DatabaseUrl::Sqlite(url) => {
             let log = SqliteLog::connect(&url).await.with_context(|| format!("open {url}"))?;
-            run(log, vault, listener, config, &args.nats, &url).await
+            run(log, vault, listener, config, &args, &url).await
         }
         DatabaseUrl::Postgres(url) => {
             let shown = redact(&url);
             let log = PostgresLog::connect(&url).await.with_context(|| format!("connect to {shown}"))?;
-            run(log, vault, listener, config, &args.nats, &shown).await
+            run(log, vault, listener, config, &args, &shown).await
         }
     }
 }
 
-async fn run<L: EventLog + Leases>(
+async fn run<L: EventLog + Leases + JourneyStore>(
     log: L,
     vault: Arc<Vault>,
     listener: TcpListener,
     config: ServerConfig,
-    nats: &NatsArgs,
+    args: &ServeArgs,
     database: &str,
 ) -> anyhow::Result<()> {
     let log = Arc::new(log);
+    let nats = &args.nats;
     let mut background = Background::default();
+    if !args.no_projector {
+        let projector_log = log.clone();
+        background.companions.push(Box::new(move |appended, stopping| {
+            let (applied, _) = watch::channel(0);
+            tokio::spawn(run_projector(projector_log, ProjectorConfig::default(), appended, applied, stopping))
+        }));
+    }
     if let Some(url) = &nats.nats_url {
         let config = nats.relay_config();
         let client = nats.connection(url, &config.holder).connect().await?;
@@ -328,6 +361,50 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     tracing::info!(published = status.borrow().published, "relay shutting down");
     let _ = stopping_tx.send(true);
     relay.await.context("the relay task failed")?;
+    Ok(())
+}
+
+async fn project(args: ProjectArgs) -> anyhow::Result<()> {
+    if let Some(model) = &args.rebuild {
+        if model != "journeys" {
+            bail!("--rebuild {model:?}: the read models are `journeys` (funnel, conversion, lead quality)");
+        }
+        let report = match DatabaseUrl::parse(&args.database_url) {
+            Some(DatabaseUrl::Sqlite(url)) => rebuild(&SqliteLog::connect(&url).await?).await?,
+            Some(DatabaseUrl::Postgres(url)) => rebuild(&PostgresLog::connect(&url).await?).await?,
+            None => bail!("--database-url {:?} must start with sqlite: or postgres://", redact(&args.database_url)),
+        };
+        println!(
+            "rebuilt journeys: {} events, {} leads, up to position {}, in {:.2} s ({:.0} events/s)",
+            report.events,
+            report.leads,
+            report.position,
+            report.elapsed.as_secs_f64(),
+            report.events as f64 / report.elapsed.as_secs_f64().max(1e-9)
+        );
+        return Ok(());
+    }
+    let database = match DatabaseUrl::parse(&args.database_url) {
+        Some(DatabaseUrl::Postgres(database)) => database,
+        Some(DatabaseUrl::Sqlite(_)) => bail!(
+            "`leadger project` runs beside servers on PostgreSQL; with SQLite, `leadger serve` runs the projector in process"
+        ),
+        None => bail!("--database-url {:?} must start with postgres://", redact(&args.database_url)),
+    };
+    let shown = redact(&database);
+    let log = Arc::new(PostgresLog::connect(&database).await.with_context(|| format!("connect to {shown}"))?);
+    let head = log.head_position().await.context("read the log head")?;
+    let (appended_tx, appended) = watch::channel(head);
+    log.forward_foreign_appends(appended_tx);
+    let (applied_tx, applied) = watch::channel(0);
+    let (stopping_tx, stopping) = watch::channel(false);
+    let config = ProjectorConfig { lease_ttl: args.lease_ttl, ..ProjectorConfig::default() };
+    tracing::info!(database = shown, holder = config.holder, "projector starting");
+    let projector = tokio::spawn(run_projector(log, config, appended, applied_tx, stopping));
+    shutdown_signal().await;
+    tracing::info!(applied = *applied.borrow(), "projector shutting down");
+    let _ = stopping_tx.send(true);
+    projector.await.context("the projector task failed")?;
     Ok(())
 }
 
