@@ -41,7 +41,10 @@ impl<L: JourneyStore> AnalyticsService<L> {
         min_position: u64,
         deadline: Option<Duration>,
     ) -> Result<JourneySnapshot, Status> {
-        let give_up = tokio::time::Instant::now() + deadline.unwrap_or(DEFAULT_WAIT);
+        // Answer a little before the client's deadline, so it gets this
+        // DEADLINE_EXCEEDED with its message rather than cancelling blind.
+        let wait = deadline.map_or(DEFAULT_WAIT, |d| d.saturating_sub((d / 10).min(Duration::from_millis(50))));
+        let give_up = tokio::time::Instant::now() + wait;
         loop {
             let position = self.log.journey_cursor().await.map_err(|e| read_status(&e))?.position;
             if position >= min_position {
