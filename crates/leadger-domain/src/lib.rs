@@ -13,6 +13,7 @@
 //! [`journey`] holds the read-model math: each lead's path through the funnel
 //! and the funnel, conversion and lead-quality figures computed from it.
 
+pub mod calendar;
 mod command;
 mod error;
 mod event;
