@@ -16,7 +16,7 @@ one, and checks:
 - the order: ce-leadposition is exactly 1..N in delivery order, and each
   lead's ce-leadversion counts 1, 2, 3...;
 - the subject is leads.v1.events.<event>.<ce-subject>, <event> matching
-  ce-type;
+  ce-type (ce-subject is the lead id, or sla-policy for SLA policy events);
 - the payload validates against the schema whose $id is ce-dataschema, and
   its lead_id is ce-subject;
 - once N messages arrived, the stream holds no more than N (nothing was
@@ -61,7 +61,12 @@ EVENT_OF_TYPE = {
     "leads.v1.LeadRejected": "rejected",
     "leads.v1.LeadClosed": "closed",
     "leads.v1.LeadFeedbackRecorded": "feedback_recorded",
+    "leads.v1.SlaPolicyDefined": "sla_policy_defined",
 }
+
+# ce-subject of agreement events (the SLA policy's stream); lead events have
+# the lead id.
+SLA_POLICY_SUBJECT = "sla-policy"
 
 REQUIRED_CE_HEADERS = (
     "ce-specversion",
@@ -159,7 +164,11 @@ class Checker:
                 problems.append(f"Nats-Msg-Id {headers.get('Nats-Msg-Id')!r} is not ce-id {event_id}")
 
         lead_id = ce.get("ce-subject")
-        if lead_id is not None and not UUID_RE.match(lead_id):
+        is_agreement = ce.get("ce-type") == "leads.v1.SlaPolicyDefined"
+        if is_agreement:
+            if lead_id != SLA_POLICY_SUBJECT:
+                problems.append(f"ce-subject of an SLA policy event is {lead_id!r}, not {SLA_POLICY_SUBJECT!r}")
+        elif lead_id is not None and not UUID_RE.match(lead_id):
             problems.append(f"ce-subject {lead_id!r} is not a lower-case hyphenated UUID")
             lead_id = None
 
@@ -177,7 +186,7 @@ class Checker:
 
         self._check_time(ce.get("ce-time"), problems)
         self._check_version(lead_id, ce.get("ce-leadversion"), problems)
-        self._check_payload(ce_type, ce.get("ce-dataschema"), lead_id, data, problems)
+        self._check_payload(ce_type, ce.get("ce-dataschema"), None if is_agreement else lead_id, data, problems)
 
         self.problems.extend(f"{where}: {p}" for p in problems)
 

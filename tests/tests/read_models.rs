@@ -535,6 +535,13 @@ fn assert_same(got: &Answers, want: &Answers) {
 
 async fn oracle_case(backend: Backend, leads: usize, seed: u64) {
     let server = TestServer::start(backend).await;
+    // An agreement event in the log is no lead's journey.
+    server
+        .commands()
+        .await
+        .define_sla_policy(pb::DefineSlaPolicyRequest { request_id: "sla".into(), policy: None })
+        .await
+        .expect("define an SLA policy");
     let (sent, base, last) = load(server.channel().await, leads, seed).await;
     let mut analytics = server.analytics().await;
     let got = answers(&mut analytics, base, last).await;

@@ -54,10 +54,38 @@ fn assert_stream_is_the_log(messages: &[StreamedEvent], log: &[pb::LeadEvent]) {
         let version = event.version.to_string();
         assert_eq!(message.header("ce-id"), Some(event.event_id.as_str()), "ce-id at position {position}");
         assert_eq!(message.header("Nats-Msg-Id"), Some(event.event_id.as_str()), "Nats-Msg-Id at {position}");
-        assert_eq!(message.header("ce-subject"), Some(event.lead_id.as_str()), "ce-subject at {position}");
+        // Lead events are about their lead; the SLA policy about its stream.
+        let (token, subject) = match event.r#type.as_str() {
+            "sla.policy_defined" => ("sla_policy_defined", "sla-policy"),
+            other => (other, event.lead_id.as_str()),
+        };
+        assert_eq!(message.header("ce-subject"), Some(subject), "ce-subject at {position}");
         assert_eq!(message.header("ce-leadversion"), Some(version.as_str()), "ce-leadversion at {position}");
-        assert_eq!(message.subject, format!("leads.v1.events.{}.{}", event.r#type, event.lead_id));
+        assert_eq!(message.subject, format!("leads.v1.events.{token}.{subject}"));
     }
+}
+
+/// Defines an SLA policy with a working calendar; returns the events appended (1).
+async fn define_sla_policy(channel: tonic::transport::Channel) -> u64 {
+    let mut commands = pb::lead_command_service_client::LeadCommandServiceClient::new(channel);
+    let policy = pb::SlaPolicy {
+        accept_within: Some(prost_types::Duration { seconds: 8 * 3600, nanos: 0 }),
+        mql_target: Some(120),
+        mql_to_sql_rate_target: Some(0.6),
+        won_amount_target: Some(pb::CurrencyAmount { currency: "EUR".into(), amount_minor: 5_000_000 }),
+        review_by: "2027-03-31".into(),
+        calendar: Some(pb::WorkingCalendar {
+            time_zone: "Europe/Berlin".into(),
+            working_days: vec![1, 2, 3, 4, 5],
+            opens: "09:00".into(),
+            closes: "17:00".into(),
+            holidays: vec!["2026-12-25".into()],
+        }),
+        ..Default::default()
+    };
+    let request = pb::DefineSlaPolicyRequest { request_id: "sla-2026".into(), policy: Some(policy) };
+    commands.define_sla_policy(request).await.expect("define the SLA policy");
+    1
 }
 
 fn repo_root() -> PathBuf {
@@ -91,8 +119,12 @@ async fn every_committed_event_is_on_the_stream_once_in_order_as_a_cloud_event()
     let nats = NatsServer::start().await;
     let database = TestDatabase::new(Backend::Sqlite).await;
     let server = serve(&database, &["--nats-url", &nats.url(), "--event-source", "/crm eu"]).await;
-    // 40 lifecycles: every path of the funnel, every event type.
-    let events = run_lifecycles(leadger_tests::connect(server.addr).await, 0..40, 4).await;
+    // 40 lifecycles (every path of the funnel, every lead event type) and
+    // an SLA policy in the middle.
+    let channel = leadger_tests::connect(server.addr).await;
+    let mut events = run_lifecycles(channel.clone(), 0..20, 4).await;
+    events += define_sla_policy(channel.clone()).await;
+    events += run_lifecycles(channel, 20..40, 4).await;
     let js = nats.jetstream().await;
     wait_for_stream_length(&js, events, Duration::from_secs(30)).await.expect("the relay publishes everything");
     wait_for_health(server.addr, RELAY_HEALTH, true, Duration::from_secs(10)).await.expect("the relay is healthy");
@@ -115,7 +147,7 @@ async fn every_committed_event_is_on_the_stream_once_in_order_as_a_cloud_event()
     assert_eq!(summary["received"], events);
     assert_eq!(summary["last_position"], events);
     let types = summary["types"].as_object().expect("types by ce-type");
-    assert_eq!(types.len(), 7, "every event type was checked against its schema: {types:?}");
+    assert_eq!(types.len(), 8, "every event type was checked against its schema: {types:?}");
 }
 
 /// A relay killed (SIGKILL) mid-backlog, three times, then left to finish:

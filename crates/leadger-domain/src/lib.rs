@@ -11,7 +11,8 @@
 //! event into the state. Time is a parameter (`now`), never read from a clock.
 //!
 //! [`journey`] holds the read-model math: each lead's path through the funnel
-//! and the funnel, conversion and lead-quality figures computed from it.
+//! and the funnel, conversion and lead-quality figures computed from it;
+//! [`sla`] the service-level agreement and [`calendar`] its working time.
 
 pub mod calendar;
 mod command;
@@ -19,6 +20,7 @@ mod error;
 mod event;
 pub mod journey;
 mod lead;
+pub mod sla;
 mod values;
 
 pub use command::{Action, Command, CommandKind};

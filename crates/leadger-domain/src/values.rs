@@ -12,14 +12,20 @@ use crate::ValidationError;
 pub struct LeadId(Uuid);
 
 impl LeadId {
+    /// The nil UUID: the stream of the SLA policy, never a lead.
+    pub const NIL: Self = Self(Uuid::nil());
+
     pub fn from_uuid(id: Uuid) -> Self {
         Self(id)
     }
 
     pub fn parse(field: &str, text: &str) -> Result<Self, ValidationError> {
-        Uuid::try_parse(text)
-            .map(Self)
-            .map_err(|_| ValidationError::new(field, "must be a UUID (e.g. 0190f3c4-8a4e-7d2b-9c1e-2f6a1b3c4d5e)"))
+        let id = Uuid::try_parse(text)
+            .map_err(|_| ValidationError::new(field, "must be a UUID (e.g. 0190f3c4-8a4e-7d2b-9c1e-2f6a1b3c4d5e)"))?;
+        if id.is_nil() {
+            return Err(ValidationError::new(field, "must not be the nil UUID (it is reserved for the SLA policy)"));
+        }
+        Ok(Self(id))
     }
 
     pub fn as_uuid(&self) -> Uuid {

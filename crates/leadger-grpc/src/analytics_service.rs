@@ -12,7 +12,7 @@ use leadger_domain::{Stage, Timestamp, ValidationError};
 use leadger_proto::leads::v1 as pb;
 use leadger_proto::leads::v1::lead_analytics_service_server::LeadAnalyticsService;
 use leadger_store::committer::Clock;
-use leadger_store::{JourneyScope, JourneySnapshot, JourneyStore};
+use leadger_store::{Agreements, JourneyScope, JourneySnapshot, JourneyStore};
 use tonic::{Request, Response, Status};
 
 use crate::error::read_status;
@@ -146,7 +146,24 @@ fn reason_counts(counts: &std::collections::BTreeMap<String, u64>) -> Vec<pb::Re
 }
 
 #[tonic::async_trait]
-impl<L: JourneyStore> LeadAnalyticsService for AnalyticsService<L> {
+impl<L: JourneyStore + Agreements> LeadAnalyticsService for AnalyticsService<L> {
+    async fn get_sla_policy(
+        &self,
+        _request: Request<pb::GetSlaPolicyRequest>,
+    ) -> Result<Response<pb::GetSlaPolicyResponse>, Status> {
+        let versions = self.log.sla_policies().await.map_err(|e| read_status(&e))?;
+        Ok(Response::new(pb::GetSlaPolicyResponse {
+            versions: versions
+                .iter()
+                .map(|v| pb::SlaPolicyVersion {
+                    version: v.version,
+                    position: v.position,
+                    policy: Some(present::sla_policy(&v.policy)),
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_funnel(
         &self,
         request: Request<pb::GetFunnelRequest>,

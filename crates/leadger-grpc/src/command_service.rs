@@ -3,13 +3,16 @@
 
 use leadger_proto::leads::v1 as pb;
 use leadger_proto::leads::v1::lead_command_service_server::LeadCommandService;
-use leadger_store::{CommandGateway, Origin, PendingCommand};
+use std::sync::Arc;
+
+use leadger_store::committer::Clock;
+use leadger_store::{Agreements, CommandGateway, Origin, PendingCommand};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::error::{invalid_argument, status};
+use crate::error::{invalid_argument, read_status, status};
 use crate::present;
 use crate::request::{self, ValidCommand};
 use leadger_domain::ValidationError;
@@ -20,13 +23,29 @@ pub const CLIENT_ID_HEADER: &str = "x-client-id";
 pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
 const ANONYMOUS_CLIENT: &str = "anonymous";
 
-pub(crate) struct CommandService {
+pub(crate) struct CommandService<L> {
     gateway: CommandGateway,
+    /// Agreement events (the SLA policy) are appended directly, not through
+    /// the lead committer.
+    log: Arc<L>,
+    clock: Clock,
 }
 
-impl CommandService {
-    pub fn new(gateway: CommandGateway) -> Self {
-        Self { gateway }
+/// Who sent `message` (of `rpc`) and the keys that make a retry safe.
+fn origin<M: Message>(rpc: &'static str, request: &Request<M>, request_id: Option<String>) -> Result<Origin, Status> {
+    let client_id =
+        metadata_text(request.metadata(), CLIENT_ID_HEADER)?.unwrap_or_else(|| ANONYMOUS_CLIENT.to_string());
+    let correlation_id = metadata_text(request.metadata(), CORRELATION_ID_HEADER)?.or_else(|| request_id.clone());
+    // The request as sent: before the server fills in defaults.
+    let request_hash = hex::encode(
+        Sha256::new().chain_update(rpc).chain_update([0]).chain_update(request.get_ref().encode_to_vec()).finalize(),
+    );
+    Ok(Origin { client_id, request_id, request_hash, correlation_id })
+}
+
+impl<L: Agreements> CommandService<L> {
+    pub fn new(gateway: CommandGateway, log: Arc<L>, clock: Clock) -> Self {
+        Self { gateway, log, clock }
     }
 
     async fn handle<M: Message>(
@@ -35,21 +54,9 @@ impl CommandService {
         request: Request<M>,
         validate: fn(&M) -> Result<ValidCommand, Status>,
     ) -> Result<pb::CommandResult, Status> {
-        let message = request.get_ref();
-        let valid = validate(message)?;
-        let client_id =
-            metadata_text(request.metadata(), CLIENT_ID_HEADER)?.unwrap_or_else(|| ANONYMOUS_CLIENT.to_string());
-        let correlation_id =
-            metadata_text(request.metadata(), CORRELATION_ID_HEADER)?.or_else(|| valid.request_id.clone());
-        // The request as sent: before the server fills in defaults.
-        let request_hash = hex::encode(
-            Sha256::new().chain_update(rpc).chain_update([0]).chain_update(message.encode_to_vec()).finalize(),
-        );
+        let valid = validate(request.get_ref())?;
         let lead_id = valid.command.lead_id;
-        let pending = PendingCommand {
-            command: valid.command,
-            origin: Origin { client_id, request_id: valid.request_id, request_hash, correlation_id },
-        };
+        let pending = PendingCommand { origin: origin(rpc, &request, valid.request_id)?, command: valid.command };
         let request_id = pending.origin.request_id.clone().unwrap_or_default();
         match self.gateway.submit(pending).await {
             Ok(outcome) => {
@@ -79,7 +86,7 @@ fn metadata_text(metadata: &MetadataMap, key: &str) -> Result<Option<String>, St
 }
 
 #[tonic::async_trait]
-impl LeadCommandService for CommandService {
+impl<L: Agreements> LeadCommandService for CommandService<L> {
     async fn capture_lead(
         &self,
         request: Request<pb::CaptureLeadRequest>,
@@ -134,5 +141,17 @@ impl LeadCommandService for CommandService {
     ) -> Result<Response<pb::RecordFeedbackResponse>, Status> {
         let result = self.handle("RecordFeedback", request, request::record_feedback).await?;
         Ok(Response::new(pb::RecordFeedbackResponse { result: Some(result) }))
+    }
+
+    async fn define_sla_policy(
+        &self,
+        request: Request<pb::DefineSlaPolicyRequest>,
+    ) -> Result<Response<pb::DefineSlaPolicyResponse>, Status> {
+        let now = (self.clock)();
+        let (policy, request_id) = request::sla_policy(request.get_ref(), now)?;
+        let origin = origin("DefineSlaPolicy", &request, request_id)?;
+        let outcome = self.log.define_sla_policy(&policy, &origin, now).await.map_err(|e| read_status(&e))?;
+        tracing::info!(version = outcome.version, position = outcome.position, "SLA policy defined");
+        Ok(Response::new(pb::DefineSlaPolicyResponse { version: outcome.version, position: outcome.position }))
     }
 }

@@ -1,5 +1,6 @@
 //! Domain values → protobuf messages.
 
+use leadger_domain::sla::SlaPolicy;
 use leadger_domain::{CloseOutcome, Label, LeadEvent, LeadEventKind, LeadId, LeadProfile, Note, Stage, Timestamp};
 use leadger_proto::leads::v1 as pb;
 use leadger_store::{CommandOutcome, LeadSummary, RecordedEvent};
@@ -137,5 +138,28 @@ pub(crate) fn summary(found: &LeadSummary) -> pb::LeadSummary {
         owner: text(&found.lead.owner),
         external_ref: found.external_ref.clone().unwrap_or_default(),
         last_event_at: Some(timestamp(found.lead.last_occurred_at)),
+    }
+}
+
+pub(crate) fn sla_policy(policy: &SlaPolicy) -> pb::SlaPolicy {
+    let duration = |us: i64| prost_types::Duration { seconds: us / 1_000_000, nanos: ((us % 1_000_000) * 1000) as i32 };
+    pb::SlaPolicy {
+        accept_within: Some(duration(policy.accept_within_us)),
+        close_within: Some(duration(policy.close_within_us)),
+        mql_target: policy.mql_target,
+        mql_to_sql_rate_target: policy.mql_to_sql_rate_target.map(|r| r.share()),
+        won_amount_target: policy
+            .won_amount_target
+            .as_ref()
+            .map(|m| pb::CurrencyAmount { currency: m.currency.as_str().to_string(), amount_minor: m.amount_minor }),
+        review_by: policy.review_by.map(|d| d.to_string()).unwrap_or_default(),
+        calendar: policy.calendar.as_ref().map(|c| pb::WorkingCalendar {
+            time_zone: c.zone_name().to_string(),
+            working_days: c.working_days(),
+            opens: c.opens(),
+            closes: c.closes(),
+            holidays: c.holidays(),
+        }),
+        effective_from: Some(timestamp(policy.effective_from)),
     }
 }

@@ -1,6 +1,8 @@
 //! Requests → domain commands. Every field is validated here and every
 //! violation is reported at once, named by its request field.
 
+use leadger_domain::calendar::WorkingCalendar;
+use leadger_domain::sla::{self, BasisPoints, SlaPolicy};
 use leadger_domain::{
     Action, CloseOutcome, Closing, Command, Email, Feedback, Label, LeadDetails, LeadId, Money, Note, Qualification,
     Rating, ReasonCode, Rejection, Score, Timestamp, ValidationError,
@@ -241,4 +243,68 @@ pub(crate) fn record_feedback(r: &pb::RecordFeedbackRequest) -> Result<ValidComm
             comment: comment?,
         }))
     })
+}
+
+/// A duration in microseconds; `None` when unset.
+fn duration_micros(field: &str, value: Option<&prost_types::Duration>) -> Result<Option<i64>, ValidationError> {
+    let Some(d) = value else { return Ok(None) };
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(ValidationError::new(field, "must be a positive duration"));
+    }
+    d.seconds
+        .checked_mul(1_000_000)
+        .and_then(|us| us.checked_add(i64::from(d.nanos / 1000)))
+        .map(Some)
+        .ok_or_else(|| ValidationError::new(field, "is too long"))
+}
+
+/// A `DefineSlaPolicy` request's policy; `now` is the default `effective_from`.
+pub(crate) fn sla_policy(
+    r: &pb::DefineSlaPolicyRequest,
+    now: Timestamp,
+) -> Result<(SlaPolicy, Option<String>), Status> {
+    let mut v = Violations::default();
+    let request_id = v.check(request_id("request_id", &r.request_id));
+    let default = pb::SlaPolicy::default();
+    let p = r.policy.as_ref().unwrap_or(&default);
+    let limit = |v: &mut Violations, field: &str, value: Option<&prost_types::Duration>, default: i64| {
+        v.check(duration_micros(field, value)).and_then(|us| v.check(SlaPolicy::limit(field, us.unwrap_or(default))))
+    };
+    let accept_within = limit(&mut v, "policy.accept_within", p.accept_within.as_ref(), sla::DEFAULT_ACCEPT_WITHIN_US);
+    let close_within = limit(&mut v, "policy.close_within", p.close_within.as_ref(), sla::DEFAULT_CLOSE_WITHIN_US);
+    let rate =
+        p.mql_to_sql_rate_target.map(|share| v.check(BasisPoints::parse("policy.mql_to_sql_rate_target", share)));
+    let won = p.won_amount_target.as_ref().map(|amount| {
+        v.check(Money::parse(
+            "policy.won_amount_target.amount_minor",
+            amount.amount_minor,
+            "policy.won_amount_target.currency",
+            &amount.currency,
+        ))
+    });
+    let review_by = v.check(SlaPolicy::parse_review_by("policy.review_by", &p.review_by));
+    let calendar = p.calendar.as_ref().map(|c| {
+        v.check(WorkingCalendar::parse(
+            "policy.calendar",
+            &c.time_zone,
+            &c.working_days,
+            &c.opens,
+            &c.closes,
+            &c.holidays,
+        ))
+    });
+    let effective_from = p.effective_from.as_ref().map(|t| v.check(timestamp("policy.effective_from", t)));
+    v.finish()?;
+    let missing = || Status::internal("validation passed with a missing value");
+    let policy = SlaPolicy {
+        accept_within_us: accept_within.ok_or_else(missing)?,
+        close_within_us: close_within.ok_or_else(missing)?,
+        mql_target: p.mql_target,
+        mql_to_sql_rate_target: rate.map(|r| r.ok_or_else(missing)).transpose()?,
+        won_amount_target: won.map(|w| w.ok_or_else(missing)).transpose()?,
+        review_by: review_by.ok_or_else(missing)?,
+        calendar: calendar.map(|c| c.ok_or_else(missing)).transpose()?,
+        effective_from: effective_from.map(|t| t.ok_or_else(missing)).transpose()?.unwrap_or(now),
+    };
+    Ok((policy, request_id.ok_or_else(missing)?))
 }

@@ -8,7 +8,7 @@ use leadger_proto::leads::v1::lead_analytics_service_server::LeadAnalyticsServic
 use leadger_proto::leads::v1::lead_command_service_server::LeadCommandServiceServer;
 use leadger_proto::leads::v1::lead_query_service_server::LeadQueryServiceServer;
 use leadger_store::committer::Clock;
-use leadger_store::{CommitterConfig, EventLog, JourneyStore, StoreError, Vault, spawn_committer};
+use leadger_store::{Agreements, CommitterConfig, EventLog, JourneyStore, StoreError, Vault, spawn_committer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -61,7 +61,7 @@ pub struct Background {
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
 /// commands finish (ending live log followers), drains the committer and
 /// returns.
-pub async fn serve<L: EventLog + JourneyStore>(
+pub async fn serve<L: EventLog + JourneyStore + Agreements>(
     log: Arc<L>,
     vault: Arc<Vault>,
     listener: TcpListener,
@@ -72,7 +72,7 @@ pub async fn serve<L: EventLog + JourneyStore>(
 }
 
 /// [`serve`], with companions running beside the services until shutdown.
-pub async fn serve_with<L: EventLog + JourneyStore>(
+pub async fn serve_with<L: EventLog + JourneyStore + Agreements>(
     log: Arc<L>,
     vault: Arc<Vault>,
     listener: TcpListener,
@@ -85,7 +85,7 @@ pub async fn serve_with<L: EventLog + JourneyStore>(
         spawn_committer(log.clone(), vault.clone(), config.clock.clone(), config.committer, head);
     let (stopping_tx, stopping) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<LeadCommandServiceServer<CommandService>>().await;
+    health.set_serving::<LeadCommandServiceServer<CommandService<L>>>().await;
     health.set_serving::<LeadQueryServiceServer<QueryService<L>>>().await;
     health.set_serving::<LeadAnalyticsServiceServer<AnalyticsService<L>>>().await;
     for check in background.health_checks {
@@ -97,7 +97,9 @@ pub async fn serve_with<L: EventLog + JourneyStore>(
     // grpcurl before 1.8.8 and many other tools still ask v1alpha.
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeFailure::Reflection(e.to_string()))?;
     let limit = config.max_request_bytes;
-    let commands = LeadCommandServiceServer::new(CommandService::new(gateway.clone())).max_decoding_message_size(limit);
+    let commands =
+        LeadCommandServiceServer::new(CommandService::new(gateway.clone(), log.clone(), config.clock.clone()))
+            .max_decoding_message_size(limit);
     let analytics = LeadAnalyticsServiceServer::new(AnalyticsService::new(log.clone(), config.clock.clone()))
         .max_decoding_message_size(limit);
     let queries = LeadQueryServiceServer::new(QueryService::new(log, vault, gateway.committed(), stopping))
@@ -107,7 +109,7 @@ pub async fn serve_with<L: EventLog + JourneyStore>(
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
-        health.set_not_serving::<LeadCommandServiceServer<CommandService>>().await;
+        health.set_not_serving::<LeadCommandServiceServer<CommandService<L>>>().await;
         health.set_not_serving::<LeadQueryServiceServer<QueryService<L>>>().await;
         health.set_not_serving::<LeadAnalyticsServiceServer<AnalyticsService<L>>>().await;
         let _ = stopping_tx.send(true);

@@ -12,6 +12,9 @@ use leadger_store::codec::{self, CodecError};
 pub const EVENT_SUBJECT_PREFIX: &str = "leads.v1.events";
 /// Version of the bus payload schemas (`docs/schemas/leads.v1/*.1.schema.json`).
 pub const PAYLOAD_SCHEMA_VERSION: u32 = 1;
+/// `ce-subject` (and the last subject token) of SLA policy events: the
+/// agreement's stream.
+pub const SLA_POLICY_SUBJECT: &str = "sla-policy";
 /// The header holding the event's global log position.
 pub const POSITION_HEADER: &str = "ce-leadposition";
 
@@ -26,12 +29,19 @@ pub struct OutboundEvent {
 /// Builds the CloudEvent for a recorded event; `source` becomes `ce-source`.
 pub fn to_cloud_event(event: &RecordedEvent, source: &str) -> Result<OutboundEvent, CodecError> {
     let public = codec::public_event(&event.event_type, event.schema_version, &event.payload)?;
-    let event_name = event.event_type.strip_prefix("lead.").unwrap_or(&event.event_type);
-    let lead_id = event.lead_id.to_string();
+    // Lead events: `lead.qualified` → `qualified`, about the lead. Agreement
+    // events: `sla.policy_defined` → `sla_policy_defined`, about their stream.
+    let (event_name, subject) = match event.event_type.strip_prefix("lead.") {
+        Some(name) => (name.to_string(), event.lead_id.to_string()),
+        None => (event.event_type.replace('.', "_"), SLA_POLICY_SUBJECT.to_string()),
+    };
+    let lead_id = subject;
     let ce_type = format!("leads.v1.{}", public.type_name);
 
     let mut data = serde_json::Map::new();
-    data.insert("lead_id".to_string(), lead_id.clone().into());
+    if event.event_type.starts_with("lead.") {
+        data.insert("lead_id".to_string(), lead_id.clone().into());
+    }
     if let Some(stage) = public.stage {
         data.insert("stage".to_string(), stage.into());
     }

@@ -56,6 +56,10 @@ pub enum ProjectorError {
 /// read model must not stall behind one bad row.
 pub fn fold(journeys: &mut HashMap<LeadId, Journey>, events: &[RecordedEvent]) {
     for event in events {
+        // Agreement events (the SLA policy) are not part of any journey.
+        if !event.event_type.starts_with("lead.") {
+            continue;
+        }
         let step = match journey_step(&event.event_type, event.schema_version, &event.payload) {
             Ok(step) => step,
             Err(error) => {

@@ -5,7 +5,9 @@
 //! phone, note, comment) are stored sealed under the lead's [`DataKey`].
 //! A new payload shape gets a new `schema_version`; decoding keeps every old one.
 
+use leadger_domain::calendar::WorkingCalendar;
 use leadger_domain::journey::{Journey, JourneyStep, StageEntry};
+use leadger_domain::sla::{BasisPoints, SlaPolicy};
 use leadger_domain::{
     CloseOutcome, Closing, Email, Feedback, Label, LeadDetails, LeadEvent, LeadEventKind, LeadId, Money, Note,
     Qualification, Rating, ReasonCode, Rejection, Score, Stage, Timestamp, ValidationError,
@@ -396,6 +398,103 @@ pub fn decode_journey(lead_id: LeadId, text: &str) -> Result<Journey, String> {
     })
 }
 
+/// The log's `event_type` of an SLA policy version.
+pub const SLA_POLICY_DEFINED: &str = "sla.policy_defined";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CalendarV1 {
+    time_zone: String,
+    working_days: Vec<i32>,
+    opens: String,
+    closes: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    holidays: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlaPolicyDefinedV1 {
+    accept_within_us: i64,
+    close_within_us: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mql_target: Option<u64>,
+    /// Basis points (1/10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mql_to_sql_rate_target_bp: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    won_amount_target_minor: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    won_amount_target_currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    review_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calendar: Option<CalendarV1>,
+    effective_from_us: i64,
+}
+
+/// Encodes an SLA policy version as v1 JSON (no personal data).
+pub fn encode_sla_policy(policy: &SlaPolicy) -> String {
+    let v = SlaPolicyDefinedV1 {
+        accept_within_us: policy.accept_within_us,
+        close_within_us: policy.close_within_us,
+        mql_target: policy.mql_target,
+        mql_to_sql_rate_target_bp: policy.mql_to_sql_rate_target.map(|r| r.value()),
+        won_amount_target_minor: policy.won_amount_target.as_ref().map(|m| m.amount_minor),
+        won_amount_target_currency: policy.won_amount_target.as_ref().map(|m| m.currency.as_str().to_string()),
+        review_by: policy.review_by.map(|d| d.to_string()),
+        calendar: policy.calendar.as_ref().map(|c| CalendarV1 {
+            time_zone: c.zone_name().to_string(),
+            working_days: c.working_days(),
+            opens: c.opens(),
+            closes: c.closes(),
+            holidays: c.holidays(),
+        }),
+        effective_from_us: policy.effective_from.as_micros(),
+    };
+    serde_json::to_string(&v).expect("policy payloads always serialize")
+}
+
+/// Decodes a stored SLA policy version.
+pub fn decode_sla_policy(schema_version: i32, payload: &str) -> Result<SlaPolicy, CodecError> {
+    let event_type = SLA_POLICY_DEFINED;
+    if schema_version != SCHEMA_VERSION {
+        return Err(CodecError::UnknownSchema { event_type: event_type.to_string(), version: schema_version });
+    }
+    let invalid = |source| CodecError::Invalid { event_type: event_type.to_string(), source };
+    let v: SlaPolicyDefinedV1 = serde_json::from_str(payload)
+        .map_err(|source| CodecError::Json { event_type: event_type.to_string(), source })?;
+    let won_amount_target = match (v.won_amount_target_minor, v.won_amount_target_currency) {
+        (Some(amount), Some(currency)) => {
+            Some(Money::parse("won_amount_target", amount, "won_amount_target", &currency).map_err(invalid)?)
+        }
+        _ => None,
+    };
+    let calendar = v
+        .calendar
+        .map(|c| WorkingCalendar::parse("calendar", &c.time_zone, &c.working_days, &c.opens, &c.closes, &c.holidays))
+        .transpose()
+        .map_err(invalid)?;
+    Ok(SlaPolicy {
+        accept_within_us: SlaPolicy::limit("accept_within", v.accept_within_us).map_err(invalid)?,
+        close_within_us: SlaPolicy::limit("close_within", v.close_within_us).map_err(invalid)?,
+        mql_target: v.mql_target,
+        mql_to_sql_rate_target: v
+            .mql_to_sql_rate_target_bp
+            .map(|bp| {
+                BasisPoints::from_basis_points(bp)
+                    .ok_or_else(|| ValidationError::new("mql_to_sql_rate_target", "above 10,000 basis points"))
+            })
+            .transpose()
+            .map_err(invalid)?,
+        won_amount_target,
+        review_by: SlaPolicy::parse_review_by("review_by", v.review_by.as_deref().unwrap_or("")).map_err(invalid)?,
+        calendar,
+        effective_from: Timestamp::from_micros(v.effective_from_us)
+            .ok_or_else(|| invalid(ValidationError::new("effective_from", "out of range")))?,
+    })
+}
+
 /// An event as analytics consumers see it: its public type name (e.g.
 /// `LeadQualified`) and its business attributes, without any personal field.
 #[derive(Debug, Clone, PartialEq)]
@@ -422,6 +521,12 @@ pub fn public_event(event_type: &str, schema_version: i32, payload: &str) -> Res
             attributes.insert(name.to_string(), value);
         }
     };
+    if event_type == SLA_POLICY_DEFINED {
+        let Value::Object(attributes) = serde_json::from_str::<Value>(payload).map_err(json_error)? else {
+            return Err(CodecError::UnknownType(format!("{event_type} payload is not a JSON object")));
+        };
+        return Ok(PublicEvent { type_name: "SlaPolicyDefined", stage: None, attributes });
+    }
     let (type_name, stage) = match event_type {
         "lead.captured" => {
             let v: CapturedV1 = serde_json::from_str(payload).map_err(json_error)?;

@@ -14,6 +14,7 @@
 //! before they reach the log ([`codec`]). The journey read model that the
 //! projector derives from the log lives beside it ([`journeys`]).
 
+mod agreement;
 pub mod codec;
 pub mod committer;
 pub mod journeys;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 
 use crate::planner::LeadHead;
 
+pub use agreement::{AgreementOutcome, Agreements, RecordedPolicy};
 pub use committer::{CommandGateway, CommitterConfig, spawn_committer};
 pub use journeys::{JourneyCursor, JourneyScope, JourneySnapshot, JourneyStore};
 pub use lease::{Lease, Leases};

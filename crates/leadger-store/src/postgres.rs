@@ -28,9 +28,9 @@ use crate::{
 
 /// Opens a batch's transaction and takes the append lock in one round trip.
 /// The lock's key is arbitrary and fixed: 0x6c_6564_6765_72, "ledger" in ASCII.
-const BEGIN_AND_LOCK: &str = "BEGIN; SELECT pg_advisory_xact_lock(119182731994482)";
+pub(crate) const BEGIN_AND_LOCK: &str = "BEGIN; SELECT pg_advisory_xact_lock(119182731994482)";
 /// Channel notified with the last position after each committed batch.
-const APPENDED_CHANNEL: &str = "leadger_appended";
+pub(crate) const APPENDED_CHANNEL: &str = "leadger_appended";
 
 #[derive(Clone)]
 pub struct PostgresLog {

@@ -14,7 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use leadger_grpc::{Background, HealthCheck, ServerConfig};
 use leadger_nats::{NatsConnection, RelayConfig, RelayState, RelayStatus, StreamSettings, run_relay};
 use leadger_projector::{ProjectorConfig, rebuild, run_projector};
-use leadger_store::{DatabaseUrl, EventLog, JourneyStore, Leases, MissingKek, PostgresLog, SqliteLog, Vault};
+use leadger_store::{
+    Agreements, DatabaseUrl, EventLog, JourneyStore, Leases, MissingKek, PostgresLog, SqliteLog, Vault,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -276,7 +278,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn run<L: EventLog + Leases + JourneyStore>(
+async fn run<L: EventLog + Leases + JourneyStore + Agreements>(
     log: L,
     vault: Arc<Vault>,
     listener: TcpListener,
