@@ -88,6 +88,10 @@ impl WorkingCalendar {
         &self.zone_name
     }
 
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.time_zone
+    }
+
     /// ISO weekday numbers of the working days.
     pub fn working_days(&self) -> Vec<i32> {
         (1..=7).filter(|day| self.working_days[(*day - 1) as usize]).collect()

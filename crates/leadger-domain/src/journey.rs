@@ -17,8 +17,9 @@ use crate::{LeadId, Money, Stage, Timestamp};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JourneyStep {
     Captured { source: String, campaign: String, persona: String },
-    Qualified,
-    Assigned,
+    /// `assignee` is empty when the hand-off was not routed at once.
+    Qualified { assignee: String },
+    Assigned { assignee: String },
     Accepted { owner: String },
     Rejected { reason: String },
     Won { amount: Option<Money> },
@@ -51,6 +52,9 @@ pub struct Journey {
     pub lost_reason: Option<String>,
     /// One per feedback event, 1 to 5.
     pub ratings: Vec<u8>,
+    /// Who the lead was routed to, and when (qualifications with an
+    /// assignee, reassignments), in order.
+    pub assignments: Vec<(Timestamp, String)>,
 }
 
 impl Journey {
@@ -68,14 +72,24 @@ impl Journey {
             rejection_reasons: Vec::new(),
             lost_reason: None,
             ratings: Vec::new(),
+            assignments: Vec::new(),
         })
     }
 
     /// Folds a later step in (a second capture changes nothing).
     pub fn apply(&mut self, at: Timestamp, step: &JourneyStep) {
         let entered = match step {
-            JourneyStep::Captured { .. } | JourneyStep::Assigned => None,
-            JourneyStep::Qualified => Some(Stage::Mql),
+            JourneyStep::Captured { .. } => None,
+            JourneyStep::Assigned { assignee } => {
+                self.assignments.push((at, assignee.clone()));
+                None
+            }
+            JourneyStep::Qualified { assignee } => {
+                if !assignee.is_empty() {
+                    self.assignments.push((at, assignee.clone()));
+                }
+                Some(Stage::Mql)
+            }
             JourneyStep::Accepted { owner } => {
                 self.owner = owner.clone();
                 Some(Stage::Sql)
@@ -497,9 +511,9 @@ mod tests {
                 3,
                 "",
                 &[
-                    (1, JourneyStep::Qualified),
+                    (1, JourneyStep::Qualified { assignee: String::new() }),
                     (2, JourneyStep::Rejected { reason: "not-ready".into() }),
-                    (30, JourneyStep::Qualified),
+                    (30, JourneyStep::Qualified { assignee: String::new() }),
                 ],
             ),
         ];
@@ -520,13 +534,13 @@ mod tests {
     #[test]
     fn conversion_keeps_sales_sourced_leads_out_of_mql_to_sql() {
         let leads = [
-            journey(1, "", &[(1, JourneyStep::Qualified), (3, JourneyStep::Accepted { owner: "ae".into() })]),
+            journey(1, "", &[(1, JourneyStep::Qualified { assignee: String::new() }), (3, JourneyStep::Accepted { owner: "ae".into() })]),
             journey(
                 2,
                 "",
                 &[(5, JourneyStep::Accepted { owner: "ae".into() }), (9, JourneyStep::Won { amount: None })],
             ),
-            journey(3, "", &[(2, JourneyStep::Qualified)]),
+            journey(3, "", &[(2, JourneyStep::Qualified { assignee: String::new() })]),
         ];
         let groups = conversion(&leads, Window::ALL_TIME, None);
         let c = groups[0].counts;

@@ -12,12 +12,14 @@
 //!
 //! [`journey`] holds the read-model math: each lead's path through the funnel
 //! and the funnel, conversion and lead-quality figures computed from it;
-//! [`sla`] the service-level agreement and [`calendar`] its working time.
+//! [`sla`] the service-level agreement, [`calendar`] its working time and
+//! [`handoff`] the hand-offs it judges and the SLA report.
 
 pub mod calendar;
 mod command;
 mod error;
 mod event;
+pub mod handoff;
 pub mod journey;
 mod lead;
 pub mod sla;

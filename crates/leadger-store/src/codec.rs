@@ -294,8 +294,14 @@ pub fn journey_step(event_type: &str, schema_version: i32, payload: &str) -> Res
                 persona: v.persona.unwrap_or_default(),
             }
         }
-        "lead.qualified" => JourneyStep::Qualified,
-        "lead.assigned" => JourneyStep::Assigned,
+        "lead.qualified" => {
+            let v: QualifiedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            JourneyStep::Qualified { assignee: v.assignee.unwrap_or_default() }
+        }
+        "lead.assigned" => {
+            let v: AssignedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            JourneyStep::Assigned { assignee: v.assignee }
+        }
         "lead.accepted" => {
             let v: AcceptedV1 = serde_json::from_str(payload).map_err(json_error)?;
             JourneyStep::Accepted { owner: v.owner }
@@ -348,6 +354,9 @@ struct JourneyRow {
     lost_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ratings: Vec<u8>,
+    /// `[occurred_at_us, assignee]` per routing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    assignments: Vec<(i64, String)>,
 }
 
 pub fn encode_journey(journey: &Journey) -> String {
@@ -361,6 +370,7 @@ pub fn encode_journey(journey: &Journey) -> String {
         rejection_reasons: journey.rejection_reasons.clone(),
         lost_reason: journey.lost_reason.clone(),
         ratings: journey.ratings.clone(),
+        assignments: journey.assignments.iter().map(|(at, who)| (at.as_micros(), who.clone())).collect(),
     };
     serde_json::to_string(&row).expect("journey rows always serialize")
 }
@@ -395,6 +405,15 @@ pub fn decode_journey(lead_id: LeadId, text: &str) -> Result<Journey, String> {
         rejection_reasons: row.rejection_reasons,
         lost_reason: row.lost_reason,
         ratings: row.ratings,
+        assignments: row
+            .assignments
+            .into_iter()
+            .map(|(at, who)| {
+                Timestamp::from_micros(at)
+                    .map(|at| (at, who))
+                    .ok_or_else(|| format!("journey of lead {lead_id}: assignment time {at}"))
+            })
+            .collect::<Result<_, _>>()?,
     })
 }
 
