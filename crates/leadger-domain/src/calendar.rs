@@ -251,7 +251,9 @@ mod tests {
         let parse = |zone: &str, days: &[i32], opens: &str, closes: &str| {
             WorkingCalendar::parse("calendar", zone, days, opens, closes, &[]).map_err(|e| e.to_string())
         };
-        assert!(parse("Mars/Olympus", &WEEKDAYS, "09:00", "17:00").expect_err("refused").contains("calendar.time_zone"));
+        assert!(
+            parse("Mars/Olympus", &WEEKDAYS, "09:00", "17:00").expect_err("refused").contains("calendar.time_zone")
+        );
         assert!(parse("UTC", &[0], "09:00", "17:00").expect_err("refused").contains("calendar.working_days"));
         assert!(parse("UTC", &[], "09:00", "17:00").expect_err("refused").contains("calendar.working_days"));
         assert!(parse("UTC", &WEEKDAYS, "9", "17:00").expect_err("refused").contains("calendar.opens"));

@@ -174,10 +174,17 @@ pub fn judge(journey: &Journey, handoff: Handoff, policies: &[SlaPolicy], as_of_
         HandoffKind::Close => journey.owner.clone(),
         HandoffKind::Acceptance => {
             let at = handoff.ended_at.map_or(deadline, |end| end.min(deadline));
-            journey.assignments.iter().rev().find(|(when, _)| *when <= at).map(|(_, who)| who.clone()).unwrap_or_default()
+            journey
+                .assignments
+                .iter()
+                .rev()
+                .find(|(when, _)| *when <= at)
+                .map(|(_, who)| who.clone())
+                .unwrap_or_default()
         }
     };
-    let response = handoff.ended_at.map(|end| (policy.working_micros(handoff.started_at, end), wall(handoff.started_at, end)));
+    let response =
+        handoff.ended_at.map(|end| (policy.working_micros(handoff.started_at, end), wall(handoff.started_at, end)));
     let overdue_until = match state {
         HandoffState::ResolvedLate => handoff.ended_at,
         HandoffState::Open => Some(as_of_time),
@@ -347,12 +354,13 @@ pub fn sla_report<'a>(
     let today = jiff::Timestamp::from_microsecond(now.as_micros()).ok().map(|ts| ts.to_zoned(zone.clone()).date());
 
     // Months from the window's start (or the first hand-off) to its end (or now).
-    let first = if window.from == Timestamp::MIN {
-        judged.first().map_or(now, |j| j.handoff.started_at)
+    let first =
+        if window.from == Timestamp::MIN { judged.first().map_or(now, |j| j.handoff.started_at) } else { window.from };
+    let last = if window.to == Timestamp::MAX {
+        now
     } else {
-        window.from
+        Timestamp::from_micros(window.to.as_micros() - 1).unwrap_or(now)
     };
-    let last = if window.to == Timestamp::MAX { now } else { Timestamp::from_micros(window.to.as_micros() - 1).unwrap_or(now) };
     let starts = month_starts(&zone, first, last);
     let mut months = Vec::new();
     for (i, (label, start)) in starts.iter().enumerate() {
@@ -417,7 +425,8 @@ mod tests {
 
     fn journey(steps: &[(i64, JourneyStep)]) -> Journey {
         let capture = JourneyStep::Captured { source: "web".into(), campaign: String::new(), persona: String::new() };
-        let mut journey = Journey::start(LeadId::from_uuid(uuid::Uuid::from_u128(1)), at(0), &capture).expect("capture");
+        let mut journey =
+            Journey::start(LeadId::from_uuid(uuid::Uuid::from_u128(1)), at(0), &capture).expect("capture");
         for (hours, step) in steps {
             journey.apply(at(*hours), step);
         }
@@ -447,8 +456,7 @@ mod tests {
             (9, JourneyStep::Won { amount: None }),
         ]);
         let h = handoffs(&j);
-        let summary: Vec<_> =
-            h.iter().map(|h| (h.kind, h.ordinal, h.started_at, h.ended_at, h.ended_by)).collect();
+        let summary: Vec<_> = h.iter().map(|h| (h.kind, h.ordinal, h.started_at, h.ended_at, h.ended_by)).collect();
         assert_eq!(
             summary,
             vec![
@@ -486,7 +494,8 @@ mod tests {
 
     #[test]
     fn each_hand_off_is_judged_by_the_policy_in_force_when_it_started() {
-        let calendar = WorkingCalendar::parse("calendar", "UTC", &[1, 2, 3, 4, 5], "09:00", "17:00", &[]).expect("valid");
+        let calendar =
+            WorkingCalendar::parse("calendar", "UTC", &[1, 2, 3, 4, 5], "09:00", "17:00", &[]).expect("valid");
         // 1 h, 24×7, from the start; 1 working hour from hour 24 (Tuesday 00:00).
         let policies = [policy(1, -100, None), policy(1, 24, Some(calendar))];
         let monday = journey(&[(20, qualify(""))]);

@@ -16,15 +16,33 @@ use crate::{LeadId, Money, Stage, Timestamp};
 /// What a lead event means for its journey, without any personal data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JourneyStep {
-    Captured { source: String, campaign: String, persona: String },
+    Captured {
+        source: String,
+        campaign: String,
+        persona: String,
+    },
     /// `assignee` is empty when the hand-off was not routed at once.
-    Qualified { assignee: String },
-    Assigned { assignee: String },
-    Accepted { owner: String },
-    Rejected { reason: String },
-    Won { amount: Option<Money> },
-    Lost { reason: String },
-    FeedbackRecorded { rating: u8 },
+    Qualified {
+        assignee: String,
+    },
+    Assigned {
+        assignee: String,
+    },
+    Accepted {
+        owner: String,
+    },
+    Rejected {
+        reason: String,
+    },
+    Won {
+        amount: Option<Money>,
+    },
+    Lost {
+        reason: String,
+    },
+    FeedbackRecorded {
+        rating: u8,
+    },
 }
 
 /// One entry of a lead into a stage.
@@ -534,7 +552,14 @@ mod tests {
     #[test]
     fn conversion_keeps_sales_sourced_leads_out_of_mql_to_sql() {
         let leads = [
-            journey(1, "", &[(1, JourneyStep::Qualified { assignee: String::new() }), (3, JourneyStep::Accepted { owner: "ae".into() })]),
+            journey(
+                1,
+                "",
+                &[
+                    (1, JourneyStep::Qualified { assignee: String::new() }),
+                    (3, JourneyStep::Accepted { owner: "ae".into() }),
+                ],
+            ),
             journey(
                 2,
                 "",

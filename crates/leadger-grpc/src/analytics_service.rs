@@ -1,5 +1,6 @@
-//! `LeadAnalyticsService`: the funnel, conversion rates and lead quality,
-//! computed by `leadger_domain::journey` from the journey read model.
+//! `LeadAnalyticsService`: the funnel, conversion rates and lead quality
+//! (`leadger_domain::journey`), and the SLA's policy, breaches and report
+//! (`leadger_domain::handoff`), computed from the journey read model.
 //!
 //! Each answer says how fresh it is (`as_of_position`, `as_of_time`); with
 //! `min_position` a client waits for its own writes to show (read-your-writes).
@@ -7,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use leadger_domain::handoff::{self, HandoffKind, HandoffState, JudgedHandoff, KindReport, ResponseSummary};
 use leadger_domain::journey::{self, GroupBy, Window};
+use leadger_domain::sla::SlaPolicy;
 use leadger_domain::{Stage, Timestamp, ValidationError};
 use leadger_proto::leads::v1 as pb;
 use leadger_proto::leads::v1::lead_analytics_service_server::LeadAnalyticsService;
@@ -62,6 +65,14 @@ impl<L: JourneyStore> AnalyticsService<L> {
     }
 }
 
+impl<L: Agreements> AnalyticsService<L> {
+    /// The SLA policy versions, oldest first.
+    async fn policies(&self) -> Result<Vec<SlaPolicy>, Status> {
+        let recorded = self.log.sla_policies().await.map_err(|e| read_status(&e))?;
+        Ok(recorded.into_iter().map(|r| r.policy).collect())
+    }
+}
+
 /// A validated `AnalyticsFilter`.
 struct Filter {
     window: Window,
@@ -69,14 +80,31 @@ struct Filter {
     min_position: u64,
 }
 
+/// A `[from, to)` window from optional request times; field names are
+/// `{prefix}from` and `{prefix}to`.
+fn window(
+    violations: &mut Violations,
+    prefix: &str,
+    from: Option<&prost_types::Timestamp>,
+    to: Option<&prost_types::Timestamp>,
+) -> Option<Window> {
+    let from_field = format!("{prefix}from");
+    let to_field = format!("{prefix}to");
+    let from = from.map(|t| violations.check(request::timestamp(&from_field, t))).unwrap_or(Some(Timestamp::MIN));
+    let to = to.map(|t| violations.check(request::timestamp(&to_field, t))).unwrap_or(Some(Timestamp::MAX));
+    let (from, to) = (from?, to?);
+    if from > to {
+        violations.check::<()>(Err(ValidationError::new(to_field, format!("must not be before {from_field}"))));
+        return None;
+    }
+    Some(Window { from, to })
+}
+
 fn filter(filter: Option<&pb::AnalyticsFilter>, owner_allowed: bool) -> Result<Filter, Status> {
     let default = pb::AnalyticsFilter::default();
     let f = filter.unwrap_or(&default);
     let mut violations = Violations::default();
-    let from =
-        f.from.as_ref().map(|t| violations.check(request::timestamp("filter.from", t))).unwrap_or(Some(Timestamp::MIN));
-    let to =
-        f.to.as_ref().map(|t| violations.check(request::timestamp("filter.to", t))).unwrap_or(Some(Timestamp::MAX));
+    let window = window(&mut violations, "filter.", f.from.as_ref(), f.to.as_ref());
     let group_by = match pb::GroupBy::try_from(f.group_by) {
         Ok(pb::GroupBy::Unspecified) => Some(None),
         Ok(pb::GroupBy::Source) => Some(Some(GroupBy::Source)),
@@ -96,18 +124,72 @@ fn filter(filter: Option<&pb::AnalyticsFilter>, owner_allowed: bool) -> Result<F
             None
         }
     };
-    if let (Some(from), Some(to)) = (from, to)
-        && from > to
-    {
-        violations.check::<()>(Err(ValidationError::new("filter.to", "must not be before filter.from")));
-    }
     violations.finish()?;
-    match (from, to, group_by) {
-        (Some(from), Some(to), Some(group_by)) => {
-            Ok(Filter { window: Window { from, to }, group_by, min_position: f.min_position })
-        }
+    match (window, group_by) {
+        (Some(window), Some(group_by)) => Ok(Filter { window, group_by, min_position: f.min_position }),
         _ => Err(Status::internal("validation passed with a missing value")),
     }
+}
+
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+
+/// Where a page of breaches ends: the sort key of its last row.
+fn page_key(j: &JudgedHandoff) -> String {
+    let kind = match j.handoff.kind {
+        HandoffKind::Acceptance => 0,
+        HandoffKind::Close => 1,
+    };
+    format!("{}:{}:{kind}:{}", j.handoff.started_at.as_micros(), j.handoff.lead_id, j.handoff.ordinal)
+}
+
+fn sort_key(j: &JudgedHandoff) -> (i64, uuid::Uuid, HandoffKind, u32) {
+    (j.handoff.started_at.as_micros(), j.handoff.lead_id.as_uuid(), j.handoff.kind, j.handoff.ordinal)
+}
+
+fn parse_page_key(token: &str) -> Option<(i64, uuid::Uuid, HandoffKind, u32)> {
+    let mut parts = token.split(':');
+    let started = parts.next()?.parse().ok()?;
+    let lead = uuid::Uuid::try_parse(parts.next()?).ok()?;
+    let kind = match parts.next()? {
+        "0" => HandoffKind::Acceptance,
+        "1" => HandoffKind::Close,
+        _ => return None,
+    };
+    let ordinal = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((started, lead, kind, ordinal))
+}
+
+fn handoff_kind(kind: HandoffKind) -> pb::HandoffKind {
+    match kind {
+        HandoffKind::Acceptance => pb::HandoffKind::Acceptance,
+        HandoffKind::Close => pb::HandoffKind::Close,
+    }
+}
+
+fn response_times(summary: &ResponseSummary) -> pb::ResponseTimes {
+    pb::ResponseTimes {
+        samples: summary.samples,
+        median_seconds: summary.median_seconds,
+        p95_seconds: summary.p95_seconds,
+    }
+}
+
+fn handoff_report(report: &KindReport) -> pb::HandoffReport {
+    pb::HandoffReport {
+        started: report.started,
+        within_sla: report.within_sla,
+        resolved_late: report.resolved_late,
+        open_breached: report.open_breached,
+        pending: report.pending,
+        share_within_sla: report.share_within,
+        response_working: Some(response_times(&report.response_working)),
+        response_wall: Some(response_times(&report.response_wall)),
+    }
+}
+
+fn seconds(micros: Option<i64>) -> f64 {
+    micros.map_or(0.0, |us| us as f64 / 1_000_000.0)
 }
 
 /// The request's deadline (the `grpc-timeout` header), if it set one.
@@ -161,6 +243,135 @@ impl<L: JourneyStore + Agreements> LeadAnalyticsService for AnalyticsService<L> 
                     policy: Some(present::sla_policy(&v.policy)),
                 })
                 .collect(),
+        }))
+    }
+
+    async fn list_sla_breaches(
+        &self,
+        request: Request<pb::ListSlaBreachesRequest>,
+    ) -> Result<Response<pb::ListSlaBreachesResponse>, Status> {
+        let wait = deadline(&request);
+        let r = request.get_ref();
+        let mut violations = Violations::default();
+        let window = window(&mut violations, "", r.from.as_ref(), r.to.as_ref());
+        let kind = match pb::HandoffKind::try_from(r.kind) {
+            Ok(pb::HandoffKind::Unspecified) => None,
+            Ok(pb::HandoffKind::Acceptance) => Some(HandoffKind::Acceptance),
+            Ok(pb::HandoffKind::Close) => Some(HandoffKind::Close),
+            Err(_) => {
+                violations.check::<()>(Err(ValidationError::new("kind", format!("unknown value {}", r.kind))));
+                None
+            }
+        };
+        let states: &[HandoffState] = match pb::BreachState::try_from(r.state) {
+            Ok(pb::BreachState::Unspecified) => &[HandoffState::Open, HandoffState::ResolvedLate],
+            Ok(pb::BreachState::Open) => &[HandoffState::Open],
+            Ok(pb::BreachState::ResolvedLate) => &[HandoffState::ResolvedLate],
+            Err(_) => {
+                violations.check::<()>(Err(ValidationError::new("state", format!("unknown value {}", r.state))));
+                &[]
+            }
+        };
+        let page_size = match r.page_size {
+            0 => Some(DEFAULT_PAGE_SIZE),
+            n if (1..=MAX_PAGE_SIZE as i32).contains(&n) => Some(n as usize),
+            _ => violations.check(Err(ValidationError::new("page_size", "must be 1 to 1000"))),
+        };
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            violations.check(
+                parse_page_key(&r.page_token)
+                    .ok_or_else(|| ValidationError::new("page_token", "is not a token this service returned")),
+            )
+        };
+        violations.finish()?;
+        let (window, page_size) =
+            window.zip(page_size).ok_or_else(|| Status::internal("validation passed with a missing value"))?;
+        let snapshot = self.snapshot(JourneyScope::All, r.min_position, wait).await?;
+        let policies = self.policies().await?;
+        let now = (self.clock)();
+        let mut matching = handoff::judged_handoffs(&snapshot.journeys, &policies, window, now)
+            .into_iter()
+            .filter(|j| states.contains(&j.state))
+            .filter(|j| kind.is_none_or(|kind| j.handoff.kind == kind))
+            .filter(|j| r.owner.is_empty() || j.owner == r.owner)
+            .filter(|j| r.source.is_empty() || j.source == r.source)
+            .filter(|j| r.campaign.is_empty() || j.campaign == r.campaign)
+            .filter(|j| after.is_none_or(|after| sort_key(j) > after))
+            .take(page_size + 1)
+            .collect::<Vec<_>>();
+        let next_page_token = if matching.len() > page_size {
+            matching.truncate(page_size);
+            matching.last().map(page_key).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let breaches = matching
+            .iter()
+            .map(|j| pb::SlaBreach {
+                lead_id: j.handoff.lead_id.to_string(),
+                kind: handoff_kind(j.handoff.kind) as i32,
+                state: if j.state == HandoffState::Open { pb::BreachState::Open } else { pb::BreachState::ResolvedLate }
+                    as i32,
+                started_at: Some(present::timestamp(j.handoff.started_at)),
+                deadline: Some(present::timestamp(j.deadline)),
+                resolved_at: j.handoff.ended_at.map(present::timestamp),
+                overdue_working_seconds: seconds(j.overdue_working_us),
+                overdue_wall_seconds: seconds(j.overdue_wall_us),
+                owner: j.owner.clone(),
+                source: j.source.clone(),
+                campaign: j.campaign.clone(),
+                handoff_id: j.handoff.id(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListSlaBreachesResponse {
+            as_of_position: snapshot.position,
+            as_of_time: Some(present::timestamp(now)),
+            breaches,
+            next_page_token,
+        }))
+    }
+
+    async fn get_sla_report(
+        &self,
+        request: Request<pb::GetSlaReportRequest>,
+    ) -> Result<Response<pb::GetSlaReportResponse>, Status> {
+        let wait = deadline(&request);
+        let r = request.get_ref();
+        let mut violations = Violations::default();
+        let window = window(&mut violations, "", r.from.as_ref(), r.to.as_ref());
+        violations.finish()?;
+        let window = window.ok_or_else(|| Status::internal("validation passed with a missing value"))?;
+        let snapshot = self.snapshot(JourneyScope::All, r.min_position, wait).await?;
+        let policies = self.policies().await?;
+        let now = (self.clock)();
+        let report = handoff::sla_report(&snapshot.journeys, &policies, window, now);
+        let amount =
+            |currency: &String, amount_minor: i64| pb::CurrencyAmount { currency: currency.clone(), amount_minor };
+        Ok(Response::new(pb::GetSlaReportResponse {
+            as_of_position: snapshot.position,
+            as_of_time: Some(present::timestamp(now)),
+            acceptance: Some(handoff_report(&report.acceptance)),
+            close: Some(handoff_report(&report.close)),
+            months: report
+                .months
+                .iter()
+                .map(|m| pb::MonthlyGoals {
+                    month: m.month.clone(),
+                    mql_count: m.mql_count,
+                    mql_target: m.mql_target,
+                    accepted: m.accepted,
+                    ended_acceptance: m.ended_acceptance,
+                    acceptance_rate: m.acceptance_rate,
+                    acceptance_rate_target: m.acceptance_rate_target,
+                    won_amount: m.won_amount.iter().map(|(c, a)| amount(c, *a)).collect(),
+                    won_amount_target: m.won_amount_target.as_ref().map(|(c, a)| amount(c, *a)),
+                    provisional: m.provisional,
+                })
+                .collect(),
+            review_overdue: report.review_overdue,
+            review_by: report.review_by.map(|d| d.to_string()).unwrap_or_default(),
         }))
     }
 
