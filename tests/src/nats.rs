@@ -125,6 +125,9 @@ impl StreamedEvent {
     }
 }
 
+/// The stream of SLA-breach notifications.
+pub const BREACH_STREAM: &str = "LEADS_V1_SLA";
+
 /// The event stream, or None while it does not exist yet.
 pub async fn event_stream(js: &jetstream::Context) -> Option<Stream> {
     js.get_stream(EVENT_STREAM).await.ok()
@@ -132,19 +135,29 @@ pub async fn event_stream(js: &jetstream::Context) -> Option<Stream> {
 
 /// Number of messages in the event stream (0 when it does not exist yet).
 pub async fn stream_length(js: &jetstream::Context) -> u64 {
-    match event_stream(js).await {
-        Some(mut stream) => stream.info().await.map(|info| info.state.messages).unwrap_or(0),
-        None => 0,
+    length_of(js, EVENT_STREAM).await
+}
+
+/// Number of messages in stream `name` (0 when it does not exist yet).
+pub async fn length_of(js: &jetstream::Context, name: &str) -> u64 {
+    match js.get_stream(name).await {
+        Ok(mut stream) => stream.info().await.map(|info| info.state.messages).unwrap_or(0),
+        Err(_) => 0,
     }
 }
 
 /// Every message of the event stream, in sequence order, read by an
 /// ephemeral pull consumer from the start (as a consumer would read them).
 pub async fn stream_messages(js: &jetstream::Context) -> Vec<StreamedEvent> {
+    messages_of(js, EVENT_STREAM).await
+}
+
+/// Every message of stream `name`, in sequence order.
+pub async fn messages_of(js: &jetstream::Context, name: &str) -> Vec<StreamedEvent> {
     use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
     use futures_util::StreamExt;
 
-    let Some(mut stream) = event_stream(js).await else { return Vec::new() };
+    let Ok(mut stream) = js.get_stream(name).await else { return Vec::new() };
     let total = stream.info().await.expect("stream info").state.messages;
     let config = pull::Config { deliver_policy: DeliverPolicy::All, ack_policy: AckPolicy::None, ..Default::default() };
     let consumer = stream.create_consumer(config).await.expect("create a consumer");

@@ -310,3 +310,108 @@ async fn of_two_relays_one_publishes_and_the_other_takes_over_when_it_dies() {
     assert_stream_is_the_log(&stream_messages(&js).await, &read_log(&server).await);
     assert_eq!(second.terminate().await.expect("stop the relay").code(), Some(0));
 }
+
+/// SLA breaches go to their own stream, once each, in deadline order, only
+/// after the deadline passed with the hand-off still open; never for a
+/// hand-off imported after its deadline; not again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_breaches_are_announced_once_on_their_own_stream() {
+    use leadger_tests::nats::{BREACH_STREAM, length_of, messages_of};
+    let nats = NatsServer::start().await;
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let server = serve(&database, &["--nats-url", &nats.url()]).await;
+    let mut commands =
+        pb::lead_command_service_client::LeadCommandServiceClient::new(leadger_tests::connect(server.addr).await);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let policy = pb::SlaPolicy {
+        accept_within: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+        effective_from: Some(prost_types::Timestamp { seconds: now - 3600, nanos: 0 }),
+        ..Default::default()
+    };
+    commands
+        .define_sla_policy(pb::DefineSlaPolicyRequest { request_id: String::new(), policy: Some(policy) })
+        .await
+        .expect("define a 2-second SLA");
+    let lifecycle_client = commands.clone();
+    let mql = |n: usize, occurred_at: Option<prost_types::Timestamp>| {
+        let mut commands = lifecycle_client.clone();
+        async move {
+            let lead = commands
+                .capture_lead(pb::CaptureLeadRequest {
+                    email: format!("breach{n}@example.org"),
+                    occurred_at,
+                    ..Default::default()
+                })
+                .await
+                .expect("capture")
+                .into_inner()
+                .result
+                .expect("result")
+                .lead_id;
+            commands
+                .qualify_lead(pb::QualifyLeadRequest {
+                    lead_id: lead.clone(),
+                    assignee: format!("sdr-{n}"),
+                    occurred_at,
+                    ..Default::default()
+                })
+                .await
+                .expect("qualify");
+            lead
+        }
+    };
+    let unanswered = mql(1, None).await;
+    let answered = mql(2, None).await;
+    commands
+        .accept_lead(pb::AcceptLeadRequest { lead_id: answered, owner: "ae".into(), ..Default::default() })
+        .await
+        .expect("accept in time");
+
+    let js = nats.jetstream().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while length_of(&js, BREACH_STREAM).await < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the breach is announced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = messages_of(&js, BREACH_STREAM).await;
+    assert_eq!(first.len(), 1);
+    let breach = &first[0];
+    assert_eq!(breach.subject, format!("leads.v1.sla.breached.acceptance.{unanswered}"));
+    assert_eq!(breach.header("ce-id"), Some(format!("{unanswered}.acceptance.1.breach").as_str()));
+    assert_eq!(breach.header("Nats-Msg-Id"), breach.header("ce-id"));
+    assert_eq!(breach.header("ce-type"), Some("leads.v1.SlaBreached"));
+    let payload: serde_json::Value = serde_json::from_str(&breach.payload).expect("JSON");
+    assert_eq!(payload["owner"], "sdr-1");
+    let first_deadline_us = payload["deadline_us"].as_i64().expect("deadline_us");
+
+    // An import: qualified (in business time) just after the first deadline,
+    // recorded seconds after its own deadline passed. And one more live MQL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let imported_at = first_deadline_us + 100_000;
+    let imported = prost_types::Timestamp {
+        seconds: imported_at.div_euclid(1_000_000),
+        nanos: (imported_at.rem_euclid(1_000_000) * 1000) as i32,
+    };
+    mql(3, Some(imported)).await;
+    let live = mql(4, None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while length_of(&js, BREACH_STREAM).await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the second breach is announced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let subjects = |messages: &[StreamedEvent]| messages.iter().map(|m| m.subject.clone()).collect::<Vec<_>>();
+    let expected = vec![
+        format!("leads.v1.sla.breached.acceptance.{unanswered}"),
+        format!("leads.v1.sla.breached.acceptance.{live}"),
+    ];
+    assert_eq!(subjects(&messages_of(&js, BREACH_STREAM).await), expected, "never the import");
+
+    // A restart announces nothing again.
+    assert_eq!(server.terminate().await.expect("stop").code(), Some(0));
+    let again = serve(&database, &["--nats-url", &nats.url()]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(subjects(&messages_of(&js, BREACH_STREAM).await), expected, "once, across restarts");
+    // The event stream still holds the log's events only.
+    assert_stream_is_the_log(&stream_messages(&js).await, &read_log(&again).await);
+}

@@ -33,6 +33,8 @@ pub struct Handoff {
     /// 1 for the lead's first hand-off of this kind, 2 for the next…
     pub ordinal: u32,
     pub started_at: Timestamp,
+    /// When the log recorded the start (an import records it late).
+    pub recorded_at: Timestamp,
     pub ended_at: Option<Timestamp>,
     /// The stage whose entry ended it (SQL: accepted; REJECTED; WON, LOST).
     pub ended_by: Option<Stage>,
@@ -55,7 +57,7 @@ pub fn handoffs(journey: &Journey) -> Vec<Handoff> {
     let mut acceptance: Option<usize> = None;
     let mut close: Option<usize> = None;
     let mut ordinals = [0u32; 2];
-    let mut start = |all: &mut Vec<Handoff>, kind: HandoffKind, at: Timestamp| {
+    let mut start = |all: &mut Vec<Handoff>, kind: HandoffKind, at: Timestamp, recorded_at: Timestamp| {
         let ordinal = &mut ordinals[kind as usize];
         *ordinal += 1;
         all.push(Handoff {
@@ -63,6 +65,7 @@ pub fn handoffs(journey: &Journey) -> Vec<Handoff> {
             kind,
             ordinal: *ordinal,
             started_at: at,
+            recorded_at,
             ended_at: None,
             ended_by: None,
         });
@@ -79,13 +82,13 @@ pub fn handoffs(journey: &Journey) -> Vec<Handoff> {
             Stage::Captured => {}
             Stage::Mql => {
                 if acceptance.is_none() {
-                    acceptance = Some(start(&mut all, HandoffKind::Acceptance, entry.at));
+                    acceptance = Some(start(&mut all, HandoffKind::Acceptance, entry.at, entry.recorded_at));
                 }
             }
             Stage::Sql => {
                 end(&mut all, &mut acceptance, entry.at, Stage::Sql);
                 if close.is_none() {
-                    close = Some(start(&mut all, HandoffKind::Close, entry.at));
+                    close = Some(start(&mut all, HandoffKind::Close, entry.at, entry.recorded_at));
                 }
             }
             Stage::Rejected => end(&mut all, &mut acceptance, entry.at, Stage::Rejected),
@@ -228,6 +231,36 @@ pub fn judged_handoffs<'a>(
         .collect();
     judged.sort_by_key(|j| (j.handoff.started_at, j.handoff.lead_id, j.handoff.kind, j.handoff.ordinal));
     judged
+}
+
+/// A point in the sequence of breach notifications: ordered by deadline,
+/// then hand-off id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BreachMark {
+    pub deadline: Timestamp,
+    pub handoff_id: String,
+}
+
+/// The breaches to announce after `since` up to `horizon`, in order: the
+/// hand-offs still open at `horizon` whose deadline passed after `since`.
+/// `horizon` must be an instant by which every event recorded has been
+/// applied to `journeys`, so an answer given in time is never announced as
+/// a breach. A hand-off recorded after its deadline had passed (an import)
+/// is never announced.
+pub fn breaches_to_announce<'a>(
+    journeys: impl IntoIterator<Item = &'a Journey>,
+    policies: &[SlaPolicy],
+    since: &BreachMark,
+    horizon: Timestamp,
+) -> Vec<JudgedHandoff> {
+    let mut due: Vec<JudgedHandoff> = judged_handoffs(journeys, policies, Window::ALL_TIME, horizon)
+        .into_iter()
+        .filter(|j| j.state == HandoffState::Open && j.deadline <= horizon)
+        .filter(|j| j.handoff.recorded_at <= j.deadline)
+        .filter(|j| BreachMark { deadline: j.deadline, handoff_id: j.handoff.id() } > *since)
+        .collect();
+    due.sort_by_key(|j| (j.deadline, j.handoff.id()));
+    due
 }
 
 /// Median and p95 of durations, in seconds.
@@ -426,9 +459,9 @@ mod tests {
     fn journey(steps: &[(i64, JourneyStep)]) -> Journey {
         let capture = JourneyStep::Captured { source: "web".into(), campaign: String::new(), persona: String::new() };
         let mut journey =
-            Journey::start(LeadId::from_uuid(uuid::Uuid::from_u128(1)), at(0), &capture).expect("capture");
+            Journey::start(LeadId::from_uuid(uuid::Uuid::from_u128(1)), at(0), at(0), &capture).expect("capture");
         for (hours, step) in steps {
-            journey.apply(at(*hours), step);
+            journey.apply(at(*hours), at(*hours), step);
         }
         journey
     }
@@ -503,6 +536,21 @@ mod tests {
         let deadline = |j: &Journey| judge(j, handoffs(j)[0].clone(), &policies, at(0)).deadline;
         assert_eq!(deadline(&monday), at(21));
         assert_eq!(deadline(&tuesday), at(24 + 10), "Tuesday 06:00 waits for the 09:00 opening, +1 h");
+    }
+
+    #[test]
+    fn breaches_are_announced_once_in_deadline_order_and_never_for_imports() {
+        let policies = [policy(2, -100, None)];
+        let mut imported = journey(&[]);
+        // Qualified at hour 1 (deadline 3) but recorded only at hour 5.
+        imported.apply(at(1), at(5), &qualify(""));
+        let leads = [journey(&[(1, qualify(""))]), journey(&[(2, qualify(""))]), imported];
+        let start = BreachMark { deadline: at(0), handoff_id: String::new() };
+        let due = breaches_to_announce(&leads, &policies, &start, at(10));
+        assert_eq!(due.iter().map(|j| j.deadline).collect::<Vec<_>>(), [at(3), at(4)], "not the import");
+        let after_first = BreachMark { deadline: due[0].deadline, handoff_id: due[0].handoff.id() };
+        assert_eq!(breaches_to_announce(&leads, &policies, &after_first, at(10)).len(), 1);
+        assert!(breaches_to_announce(&leads, &policies, &start, at(3)).is_empty(), "due at 3, open only after it");
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub enum JourneyStep {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StageEntry {
     pub stage: Stage,
+    /// Business time (`occurred_at`).
     pub at: Timestamp,
+    /// When the log recorded it (later than `at` for imported history).
+    pub recorded_at: Timestamp,
 }
 
 /// A lead's path through the funnel: the attributes reports group by and
@@ -77,7 +80,7 @@ pub struct Journey {
 
 impl Journey {
     /// The journey a capture starts; `None` for any other first step.
-    pub fn start(lead_id: LeadId, at: Timestamp, step: &JourneyStep) -> Option<Self> {
+    pub fn start(lead_id: LeadId, at: Timestamp, recorded_at: Timestamp, step: &JourneyStep) -> Option<Self> {
         let JourneyStep::Captured { source, campaign, persona } = step else { return None };
         Some(Self {
             lead_id,
@@ -85,7 +88,7 @@ impl Journey {
             campaign: campaign.clone(),
             persona: persona.clone(),
             owner: String::new(),
-            entries: vec![StageEntry { stage: Stage::Captured, at }],
+            entries: vec![StageEntry { stage: Stage::Captured, at, recorded_at }],
             won_amount: None,
             rejection_reasons: Vec::new(),
             lost_reason: None,
@@ -95,7 +98,7 @@ impl Journey {
     }
 
     /// Folds a later step in (a second capture changes nothing).
-    pub fn apply(&mut self, at: Timestamp, step: &JourneyStep) {
+    pub fn apply(&mut self, at: Timestamp, recorded_at: Timestamp, step: &JourneyStep) {
         let entered = match step {
             JourneyStep::Captured { .. } => None,
             JourneyStep::Assigned { assignee } => {
@@ -130,7 +133,7 @@ impl Journey {
             }
         };
         if let Some(stage) = entered {
-            self.entries.push(StageEntry { stage, at });
+            self.entries.push(StageEntry { stage, at, recorded_at });
         }
     }
 
@@ -500,9 +503,9 @@ mod tests {
     fn journey(n: u128, source: &str, steps: &[(i64, JourneyStep)]) -> Journey {
         let capture = JourneyStep::Captured { source: source.into(), campaign: String::new(), persona: String::new() };
         let mut journey =
-            Journey::start(LeadId::from_uuid(uuid::Uuid::from_u128(n)), at(0), &capture).expect("a capture");
+            Journey::start(LeadId::from_uuid(uuid::Uuid::from_u128(n)), at(0), at(0), &capture).expect("a capture");
         for (hours, step) in steps {
-            journey.apply(at(*hours), step);
+            journey.apply(at(*hours), at(*hours), step);
         }
         journey
     }

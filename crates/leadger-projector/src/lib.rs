@@ -68,8 +68,8 @@ pub fn fold(journeys: &mut HashMap<LeadId, Journey>, events: &[RecordedEvent]) {
             }
         };
         match journeys.get_mut(&event.lead_id) {
-            Some(journey) => journey.apply(event.occurred_at, &step),
-            None => match Journey::start(event.lead_id, event.occurred_at, &step) {
+            Some(journey) => journey.apply(event.occurred_at, event.recorded_at, &step),
+            None => match Journey::start(event.lead_id, event.occurred_at, event.recorded_at, &step) {
                 Some(journey) => {
                     journeys.insert(event.lead_id, journey);
                 }

@@ -344,8 +344,8 @@ struct JourneyRow {
     persona: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     owner: String,
-    /// `[stage, occurred_at_us]` per entry.
-    entries: Vec<(String, i64)>,
+    /// `[stage, occurred_at_us, recorded_at_us]` per entry.
+    entries: Vec<(String, i64, i64)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     won_amount: Option<(i64, String)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -365,7 +365,11 @@ pub fn encode_journey(journey: &Journey) -> String {
         campaign: journey.campaign.clone(),
         persona: journey.persona.clone(),
         owner: journey.owner.clone(),
-        entries: journey.entries.iter().map(|e| (e.stage.as_str().to_string(), e.at.as_micros())).collect(),
+        entries: journey
+            .entries
+            .iter()
+            .map(|e| (e.stage.as_str().to_string(), e.at.as_micros(), e.recorded_at.as_micros()))
+            .collect(),
         won_amount: journey.won_amount.as_ref().map(|m| (m.amount_minor, m.currency.as_str().to_string())),
         rejection_reasons: journey.rejection_reasons.clone(),
         lost_reason: journey.lost_reason.clone(),
@@ -380,10 +384,11 @@ pub fn decode_journey(lead_id: LeadId, text: &str) -> Result<Journey, String> {
     let entries = row
         .entries
         .iter()
-        .map(|(stage, at)| {
+        .map(|(stage, at, recorded_at)| {
             let stage = Stage::parse(stage).ok_or_else(|| format!("journey of lead {lead_id}: stage {stage:?}"))?;
-            let at = Timestamp::from_micros(*at).ok_or_else(|| format!("journey of lead {lead_id}: time {at}"))?;
-            Ok(StageEntry { stage, at })
+            let time =
+                |us: i64| Timestamp::from_micros(us).ok_or_else(|| format!("journey of lead {lead_id}: time {us}"));
+            Ok(StageEntry { stage, at: time(*at)?, recorded_at: time(*recorded_at)? })
         })
         .collect::<Result<Vec<_>, String>>()?;
     if entries.is_empty() {

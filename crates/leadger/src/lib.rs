@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use leadger_grpc::{Background, HealthCheck, ServerConfig};
-use leadger_nats::{NatsConnection, RelayConfig, RelayState, RelayStatus, StreamSettings, run_relay};
+use leadger_nats::{
+    BreachConfig, NatsConnection, RelayConfig, RelayState, RelayStatus, StreamSettings, run_breach_notifier, run_relay,
+};
 use leadger_projector::{ProjectorConfig, rebuild, run_projector};
 use leadger_store::{
     Agreements, DatabaseUrl, EventLog, JourneyStore, Leases, MissingKek, PostgresLog, SqliteLog, Vault,
@@ -179,6 +181,14 @@ impl NatsArgs {
         };
         RelayConfig { lease_ttl: self.nats_lease_ttl, ..RelayConfig::new(stream, self.event_source.clone()) }
     }
+
+    /// The SLA-breach notifier that runs beside the relay.
+    fn breach_config(&self, clock: leadger_store::committer::Clock) -> BreachConfig {
+        BreachConfig {
+            lease_ttl: self.nats_lease_ttl,
+            ..BreachConfig::new(self.event_source.clone(), self.nats_replicas, clock)
+        }
+    }
 }
 
 /// A duration such as `0`, `90s`, `15m`, `12h` or `30d`.
@@ -288,6 +298,7 @@ async fn run<L: EventLog + Leases + JourneyStore + Agreements>(
 ) -> anyhow::Result<()> {
     let log = Arc::new(log);
     let nats = &args.nats;
+    let clock = config.clock.clone();
     let mut background = Background::default();
     if !args.no_projector {
         let projector_log = log.clone();
@@ -301,6 +312,11 @@ async fn run<L: EventLog + Leases + JourneyStore + Agreements>(
         let client = nats.connection(url, &config.holder).connect().await?;
         let (status_tx, status) = watch::channel(RelayStatus { state: RelayState::Starting, published: 0 });
         background.health_checks.push(HealthCheck { service: RELAY_HEALTH_SERVICE, serving: relay_health(status) });
+        let (notifier_log, notifier_client) = (log.clone(), client.clone());
+        let breaches = nats.breach_config(clock);
+        background.companions.push(Box::new(move |_, stopping| {
+            tokio::spawn(run_breach_notifier(notifier_log, notifier_client, breaches, stopping))
+        }));
         let relay_log = log.clone();
         background.companions.push(Box::new(move |appended, stopping| {
             tokio::spawn(run_relay(relay_log, client, config, appended, status_tx, stopping))
@@ -358,11 +374,14 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         holder = config.holder,
         "relay starting"
     );
+    let breaches = args.nats.breach_config(leadger_store::committer::system_clock());
+    let notifier = tokio::spawn(run_breach_notifier(log.clone(), client.clone(), breaches, stopping.clone()));
     let relay = tokio::spawn(run_relay(log, client, config, appended, status_tx, stopping));
     shutdown_signal().await;
     tracing::info!(published = status.borrow().published, "relay shutting down");
     let _ = stopping_tx.send(true);
     relay.await.context("the relay task failed")?;
+    notifier.await.context("the SLA-breach notifier failed")?;
     Ok(())
 }
 
