@@ -180,12 +180,7 @@ fn expected_handoffs(zone: &TimeZone, leads: &[Lead], policies: &[Policy]) -> Ve
         // Acceptance hand-offs belong to the assignee at the deadline (or end).
         for handoff in all.iter_mut().filter(|h| h.lead == lead.id && h.kind == pb::HandoffKind::Acceptance as i32) {
             let at = handoff.ended.map_or(handoff.deadline, |(end, _)| end.min(handoff.deadline));
-            handoff.owner = assignments
-                .iter()
-                .filter(|(t, _)| *t <= at)
-                .next_back()
-                .map(|(_, w)| w.to_string())
-                .unwrap_or_default();
+            handoff.owner = assignments.iter().rfind(|(t, _)| *t <= at).map(|(_, w)| w.to_string()).unwrap_or_default();
         }
     }
     all
