@@ -32,6 +32,24 @@ pub use leadger_proto::leads::v1 as pb;
 pub mod nats;
 pub mod workload;
 
+/// SplitMix64: a seeded generator for random test data, so a failure replays.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
 /// Environment variable holding the admin URL of the test run's PostgreSQL.
 pub const PG_URL_ENV: &str = "LEADGER_TEST_PG_URL";
 

@@ -130,3 +130,25 @@ pub async fn run_lifecycles(channel: Channel, range: std::ops::Range<usize>, cli
     }
     tasks.join_all().await.into_iter().sum()
 }
+
+/// An SLA policy with every field set: 8 working hours to answer, 20
+/// working days to close, Mon-Fri 09:00-17:00 in Berlin with two holidays,
+/// monthly goals, a review date, effective from 2027-01-01.
+pub fn berlin_sla_policy() -> pb::SlaPolicy {
+    pb::SlaPolicy {
+        accept_within: Some(prost_types::Duration { seconds: 8 * 3600, nanos: 0 }),
+        close_within: Some(prost_types::Duration { seconds: 20 * 8 * 3600, nanos: 0 }),
+        mql_target: Some(120),
+        mql_to_sql_rate_target: Some(0.6),
+        won_amount_target: Some(pb::CurrencyAmount { currency: "EUR".into(), amount_minor: 5_000_000 }),
+        review_by: "2027-03-31".into(),
+        calendar: Some(pb::WorkingCalendar {
+            time_zone: "Europe/Berlin".into(),
+            working_days: vec![1, 2, 3, 4, 5],
+            opens: "09:00".into(),
+            closes: "17:00".into(),
+            holidays: vec!["2026-12-25".into(), "2026-12-26".into()],
+        }),
+        effective_from: Some(prost_types::Timestamp { seconds: 1_798_761_600, nanos: 0 }),
+    }
+}

@@ -8,27 +8,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use leadger_tests::{Backend, ServerProcess, TestDatabase, TestServer, leadger_binary, pb};
+use leadger_tests::{Backend, Rng, ServerProcess, TestDatabase, TestServer, leadger_binary, pb};
 use pb::lead_analytics_service_client::LeadAnalyticsServiceClient;
 use pb::lead_command_service_client::LeadCommandServiceClient;
 use tonic::transport::Channel;
 
 const DAY_US: i64 = 86_400_000_000;
 
-/// SplitMix64: a seeded generator, so a failure replays.
-struct Rng(u64);
+/// Test-data helpers on the harness's seeded generator.
+trait Draw {
+    fn chance(&mut self, percent: u64) -> bool;
+    fn pick<'a>(&mut self, options: &[&'a str]) -> &'a str;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+impl Draw for Rng {
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }

@@ -65,24 +65,10 @@ fn assert_stream_is_the_log(messages: &[StreamedEvent], log: &[pb::LeadEvent]) {
     }
 }
 
-/// Defines an SLA policy with a working calendar; returns the events appended (1).
+/// Defines an SLA policy with every field set; returns the events appended (1).
 async fn define_sla_policy(channel: tonic::transport::Channel) -> u64 {
     let mut commands = pb::lead_command_service_client::LeadCommandServiceClient::new(channel);
-    let policy = pb::SlaPolicy {
-        accept_within: Some(prost_types::Duration { seconds: 8 * 3600, nanos: 0 }),
-        mql_target: Some(120),
-        mql_to_sql_rate_target: Some(0.6),
-        won_amount_target: Some(pb::CurrencyAmount { currency: "EUR".into(), amount_minor: 5_000_000 }),
-        review_by: "2027-03-31".into(),
-        calendar: Some(pb::WorkingCalendar {
-            time_zone: "Europe/Berlin".into(),
-            working_days: vec![1, 2, 3, 4, 5],
-            opens: "09:00".into(),
-            closes: "17:00".into(),
-            holidays: vec!["2026-12-25".into()],
-        }),
-        ..Default::default()
-    };
+    let policy = leadger_tests::workload::berlin_sla_policy();
     let request = pb::DefineSlaPolicyRequest { request_id: "sla-2026".into(), policy: Some(policy) };
     commands.define_sla_policy(request).await.expect("define the SLA policy");
     1

@@ -11,25 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use jiff::tz::TimeZone;
-use leadger_tests::{Backend, TestServer, pb};
+use leadger_tests::{Backend, Rng, TestServer, pb};
 
 const MINUTE: i64 = 60;
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> i64 {
-        (self.next() % n) as i64
-    }
+/// A number of `0..n`, as the signed seconds and minutes this test counts in.
+fn below(rng: &mut Rng, n: u64) -> i64 {
+    rng.below(n) as i64
 }
 
 /// What the test sent for one lead: (unix seconds, step).
@@ -269,7 +259,7 @@ async fn sla_breaches_and_report_equal_the_oracle() {
     let mut leads = Vec::new();
     let mut last_position = 0;
     for n in 0..250 {
-        let captured = base + rng.below(90 * 24 * 60) * MINUTE;
+        let captured = base + below(&mut rng, 90 * 24 * 60) * MINUTE;
         let source = ["web", "partner", ""][n % 3];
         let lead_id = commands
             .capture_lead(pb::CaptureLeadRequest {
@@ -290,17 +280,17 @@ async fn sla_breaches_and_report_equal_the_oracle() {
         let mut in_sql = false;
         let mut qualifiable = true;
         loop {
-            at += (1 + rng.below(3 * 24 * 60)) * MINUTE;
+            at += (1 + below(&mut rng, 3 * 24 * 60)) * MINUTE;
             if at >= now - 5 * DAY {
                 break;
             }
-            let roll = rng.below(10);
+            let roll = below(&mut rng, 10);
             let (step, who) = if qualifiable && !in_mql && !in_sql {
-                if roll < 7 { (Step::Qualify, ["sdr-a", "sdr-b", ""][rng.below(3) as usize]) } else { break }
+                if roll < 7 { (Step::Qualify, ["sdr-a", "sdr-b", ""][below(&mut rng, 3) as usize]) } else { break }
             } else if in_mql {
                 match roll {
-                    0 => (Step::Assign, ["sdr-c", "sdr-d"][rng.below(2) as usize]),
-                    1..=4 => (Step::Accept, ["ae-1", "ae-2"][rng.below(2) as usize]),
+                    0 => (Step::Assign, ["sdr-c", "sdr-d"][below(&mut rng, 2) as usize]),
+                    1..=4 => (Step::Accept, ["ae-1", "ae-2"][below(&mut rng, 2) as usize]),
                     5..=6 => (Step::Reject, ""),
                     7 => (Step::Lost, ""),
                     _ => break,

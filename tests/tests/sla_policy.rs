@@ -2,27 +2,9 @@
 //! versions on the log's `sla-policy` stream, in position order with lead
 //! events, idempotent by request id, every bad field named.
 
+use leadger_tests::workload::berlin_sla_policy;
 use leadger_tests::{Backend, TestServer, pb};
 use tokio_stream::StreamExt;
-
-fn berlin_policy() -> pb::SlaPolicy {
-    pb::SlaPolicy {
-        accept_within: Some(prost_types::Duration { seconds: 8 * 3600, nanos: 0 }),
-        close_within: Some(prost_types::Duration { seconds: 20 * 8 * 3600, nanos: 0 }),
-        mql_target: Some(120),
-        mql_to_sql_rate_target: Some(0.6),
-        won_amount_target: Some(pb::CurrencyAmount { currency: "EUR".into(), amount_minor: 5_000_000 }),
-        review_by: "2027-03-31".into(),
-        calendar: Some(pb::WorkingCalendar {
-            time_zone: "Europe/Berlin".into(),
-            working_days: vec![1, 2, 3, 4, 5],
-            opens: "09:00".into(),
-            closes: "17:00".into(),
-            holidays: vec!["2026-12-25".into(), "2026-12-26".into()],
-        }),
-        effective_from: Some(prost_types::Timestamp { seconds: 1_798_761_600, nanos: 0 }),
-    }
-}
 
 async fn policy_versions(server: &TestServer) {
     let mut commands = server.commands().await;
@@ -36,13 +18,19 @@ async fn policy_versions(server: &TestServer) {
         .expect("result");
 
     let first = commands
-        .define_sla_policy(pb::DefineSlaPolicyRequest { request_id: "sla-v1".into(), policy: Some(berlin_policy()) })
+        .define_sla_policy(pb::DefineSlaPolicyRequest {
+            request_id: "sla-v1".into(),
+            policy: Some(berlin_sla_policy()),
+        })
         .await
         .expect("define")
         .into_inner();
     assert_eq!((first.version, first.position), (1, lead.position + 1));
     let retried = commands
-        .define_sla_policy(pb::DefineSlaPolicyRequest { request_id: "sla-v1".into(), policy: Some(berlin_policy()) })
+        .define_sla_policy(pb::DefineSlaPolicyRequest {
+            request_id: "sla-v1".into(),
+            policy: Some(berlin_sla_policy()),
+        })
         .await
         .expect("retry")
         .into_inner();
@@ -65,7 +53,7 @@ async fn policy_versions(server: &TestServer) {
 
     let versions = analytics.get_sla_policy(pb::GetSlaPolicyRequest {}).await.expect("get").into_inner().versions;
     assert_eq!(versions.len(), 2);
-    assert_eq!(versions[0].policy.as_ref(), Some(&berlin_policy()), "the policy reads back as defined");
+    assert_eq!(versions[0].policy.as_ref(), Some(&berlin_sla_policy()), "the policy reads back as defined");
     let defaults = versions[1].policy.clone().expect("policy");
     assert_eq!(defaults.accept_within, Some(prost_types::Duration { seconds: 24 * 3600, nanos: 0 }));
     assert_eq!(defaults.close_within, Some(prost_types::Duration { seconds: 30 * 24 * 3600, nanos: 0 }));
@@ -192,7 +180,7 @@ async fn breaches_appear_when_the_deadline_passes_in_working_time() {
     let server = TestServer::start_with(Backend::Sqlite, config).await;
     let mut commands = server.commands().await;
     let mut analytics = server.analytics().await;
-    let mut policy = berlin_policy();
+    let mut policy = berlin_sla_policy();
     policy.accept_within = Some(prost_types::Duration { seconds: 3600, nanos: 0 });
     policy.mql_target = Some(10);
     policy.effective_from = at(1_767_225_600);

@@ -14,7 +14,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
 use crate::journey::{Journey, Window, nearest_rank};
-use crate::sla::{DEFAULT_ACCEPT_WITHIN_US, DEFAULT_CLOSE_WITHIN_US, SlaPolicy};
+use crate::sla::SlaPolicy;
 use crate::{LeadId, Stage, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,21 +101,6 @@ pub fn handoffs(journey: &Journey) -> Vec<Handoff> {
     all
 }
 
-/// The agreement that holds without any policy defined: 24 hours to answer,
-/// 30 days to close, 24×7, no goals.
-pub fn default_policy() -> SlaPolicy {
-    SlaPolicy {
-        accept_within_us: DEFAULT_ACCEPT_WITHIN_US,
-        close_within_us: DEFAULT_CLOSE_WITHIN_US,
-        mql_target: None,
-        mql_to_sql_rate_target: None,
-        won_amount_target: None,
-        review_by: None,
-        calendar: None,
-        effective_from: Timestamp::MIN,
-    }
-}
-
 /// The policy in force at `at`: of the versions (oldest first) effective at
 /// or before `at`, the one effective latest; among equal ones the later
 /// version. The default policy when none is.
@@ -126,7 +111,7 @@ pub fn policy_in_force(policies: &[SlaPolicy], at: Timestamp) -> SlaPolicy {
         .filter(|(_, p)| p.effective_from <= at)
         .max_by_key(|(version, p)| (p.effective_from, *version))
         .map(|(_, p)| p.clone())
-        .unwrap_or_else(default_policy)
+        .unwrap_or_else(SlaPolicy::default_agreement)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -475,7 +460,7 @@ mod tests {
             accept_within_us: accept_hours * HOUR,
             effective_from: at(effective_hours),
             calendar,
-            ..default_policy()
+            ..SlaPolicy::default_agreement()
         }
     }
 

@@ -71,6 +71,21 @@ pub struct SlaPolicy {
 }
 
 impl SlaPolicy {
+    /// The agreement that holds while none is defined: 24 working hours to
+    /// answer, 30 days to close, 24×7, no goals, in force since always.
+    pub fn default_agreement() -> Self {
+        Self {
+            accept_within_us: DEFAULT_ACCEPT_WITHIN_US,
+            close_within_us: DEFAULT_CLOSE_WITHIN_US,
+            mql_target: None,
+            mql_to_sql_rate_target: None,
+            won_amount_target: None,
+            review_by: None,
+            calendar: None,
+            effective_from: Timestamp::MIN,
+        }
+    }
+
     /// Checks a limit given in microseconds (`field` names it in errors).
     pub fn limit(field: &str, micros: i64) -> Result<i64, ValidationError> {
         if micros <= 0 || micros > MAX_LIMIT_US {
@@ -109,16 +124,7 @@ mod tests {
 
     #[test]
     fn without_a_calendar_working_time_is_elapsed_time() {
-        let policy = SlaPolicy {
-            accept_within_us: DEFAULT_ACCEPT_WITHIN_US,
-            close_within_us: DEFAULT_CLOSE_WITHIN_US,
-            mql_target: None,
-            mql_to_sql_rate_target: None,
-            won_amount_target: None,
-            review_by: None,
-            calendar: None,
-            effective_from: Timestamp::from_micros(0).expect("epoch"),
-        };
+        let policy = SlaPolicy::default_agreement();
         let start = Timestamp::from_micros(1_800_000_000_000_000).expect("in range");
         assert_eq!(policy.deadline(start, HOUR_US).as_micros() - start.as_micros(), HOUR_US);
         assert_eq!(policy.working_micros(start, policy.deadline(start, HOUR_US)), HOUR_US);
