@@ -26,7 +26,7 @@ use crate::measure::{LevelResult, Tally};
 const CLIENT_ID_HEADER: &str = "x-client-id";
 const CLIENT_ID: &str = "leadger-bench";
 
-type Client = LeadCommandServiceClient<Channel>;
+pub type Client = LeadCommandServiceClient<Channel>;
 
 /// How one concurrency level runs.
 #[derive(Debug, Clone)]
@@ -60,11 +60,16 @@ impl RunNaming {
         Self { run_id: base36(millis), next_lead: AtomicU64::new(0) }
     }
 
+    /// A lead number no level of this run has used.
+    pub fn next_lead(&self) -> u64 {
+        self.next_lead.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn email(&self, lead: u64) -> String {
         format!("lead-{}-{lead}@bench.example", self.run_id)
     }
 
-    fn request_id(&self, lead: u64, step: usize) -> String {
+    pub fn request_id(&self, lead: u64, step: usize) -> String {
         format!("{}-{lead}-{step}", self.run_id)
     }
 }
@@ -98,7 +103,7 @@ pub async fn run_level(
 }
 
 /// `connections` separate HTTP/2 connections; client tasks take turns.
-async fn connect(endpoint: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
+pub async fn connect(endpoint: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
     let endpoint =
         Channel::from_shared(endpoint.to_string()).with_context(|| format!("parse endpoint {endpoint:?}"))?;
     let mut channels = Vec::with_capacity(connections.max(1));
@@ -157,7 +162,7 @@ impl Level {
         {
             return None;
         }
-        Some(self.naming.next_lead.fetch_add(1, Ordering::Relaxed))
+        Some(self.naming.next_lead())
     }
 
     fn is_over(&self) -> bool {
@@ -183,17 +188,30 @@ async fn drive_leads(mut client: Client, level: Arc<Level>) -> Tally {
 }
 
 /// The lead as the client knows it from the answers so far.
-struct LeadCursor {
-    number: u64,
+pub struct LeadCursor {
+    pub number: u64,
     /// Empty until the capture is answered (the server makes the id).
     id: String,
     version: u64,
 }
 
+impl LeadCursor {
+    /// A lead not captured yet.
+    pub fn new(number: u64) -> Self {
+        Self { number, id: String::new(), version: 0 }
+    }
+
+    /// Takes in the answer to the lead's last command.
+    pub fn advance(&mut self, result: &pb::CommandResult) {
+        self.id.clone_from(&result.lead_id);
+        self.version = result.version;
+    }
+}
+
 /// Sends one lead's commands in order; stops at the first failure (the rest
 /// of the journey would be refused) or when the level ends.
 async fn drive_lead(client: &mut Client, level: &Level, number: u64, tally: &mut Tally) {
-    let mut lead = LeadCursor { number, id: String::new(), version: 0 };
+    let mut lead = LeadCursor::new(number);
     for (index, step) in funnel::journey(level.seed, number).iter().enumerate() {
         if level.is_over() {
             return;
@@ -210,8 +228,7 @@ async fn drive_lead(client: &mut Client, level: &Level, number: u64, tally: &mut
                         tally.record_lead();
                     }
                 }
-                lead.id = result.lead_id;
-                lead.version = result.version;
+                lead.advance(&result);
             }
             Err(status) => {
                 tally.record_error(&status);
@@ -223,7 +240,7 @@ async fn drive_lead(client: &mut Client, level: &Level, number: u64, tally: &mut
 }
 
 /// Sends the command for `step`, expecting the lead at the version last seen.
-async fn send(
+pub async fn send(
     client: &mut Client,
     naming: &RunNaming,
     lead: &LeadCursor,

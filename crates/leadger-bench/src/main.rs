@@ -7,19 +7,29 @@
 //!   a throwaway PostgreSQL cluster or SQLite file, a key-encryption key and
 //!   the real `leadger serve` binary (build it first with `cargo build
 //!   --release -p leadger`), drives the load, and stops and deletes it all.
+//! - `leadger-bench nats --backend postgres|sqlite` measures the relay to
+//!   NATS JetStream: how fast it publishes a backlog, how long an event takes
+//!   from its commit to a consumer, and what raw JetStream publishing does on
+//!   the same machine; it starts its own `nats-server` too.
 //!
 //! Modules: [`funnel`] decides what each lead goes through, [`load`] sends it
-//! and [`measure`] keeps the figures; [`postgres`] and [`server`] own the
-//! child processes of `run` ([`scenario`]); [`cpu`] and [`machine`] describe
-//! where the figures came from and [`report`] prints them.
+//! (and [`paced`] at a fixed rate) and [`measure`] keeps the figures;
+//! [`postgres`], [`server`] and [`nats_server`] own the child processes of
+//! `run` ([`scenario`]) and `nats` ([`publication`], with [`jetstream`] for
+//! the JetStream side); [`cpu`] and [`machine`] describe where the figures
+//! came from and [`report`] prints them.
 
 mod cpu;
 mod funnel;
+mod jetstream;
 mod load;
 mod machine;
 mod measure;
+mod nats_server;
+mod paced;
 mod postgres;
 mod process;
+mod publication;
 mod report;
 mod scenario;
 mod server;
@@ -41,7 +51,7 @@ use crate::report::Report;
 
 /// CPU use by processes outside the benchmark above which a level's figures
 /// are flagged as disturbed (kernel threads and idle daemons stay well below).
-const DISTURBING_CPU_CORES: f64 = 0.2;
+pub const DISTURBING_CPU_CORES: f64 = 0.2;
 
 #[derive(Debug, Parser)]
 #[command(name = "leadger-bench", version, about = "Load generator and benchmark harness for leadger")]
@@ -56,6 +66,9 @@ enum Mode {
     Load(LoadCommand),
     /// Start a throwaway database and a leadger server, drive them, stop everything.
     Run(scenario::RunCommand),
+    /// Measure publication to NATS JetStream: relay throughput, commit-to-consumer
+    /// delay, and raw JetStream publishing beside them.
+    Nats(publication::NatsCommand),
 }
 
 #[derive(Debug, Args, Serialize)]
@@ -187,6 +200,7 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
     match mode {
         Mode::Load(command) => load_external(command).await,
         Mode::Run(command) => scenario::run(command).await,
+        Mode::Nats(command) => publication::run(command).await,
     }
 }
 

@@ -32,6 +32,14 @@ pub struct ErrorCount {
     pub first_message: String,
 }
 
+/// Counts a failed command under its gRPC code, keeping the first message.
+pub fn count_error(errors: &mut BTreeMap<String, ErrorCount>, status: &Status) {
+    let count = errors
+        .entry(format!("{:?}", status.code()))
+        .or_insert_with(|| ErrorCount { count: 0, first_message: status.message().to_string() });
+    count.count += 1;
+}
+
 /// One row of the results.
 #[derive(Debug, Clone, Serialize)]
 pub struct LevelResult {
@@ -62,20 +70,39 @@ pub struct Latency {
     pub mean: f64,
 }
 
+/// An empty histogram of durations in microseconds, 1 µs to a minute.
+pub fn micros_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_LATENCY_US, SIGNIFICANT_DIGITS).expect("constant histogram bounds are valid")
+}
+
+/// Records `duration` in a [`micros_histogram`]: at least 1 µs, at most its
+/// highest value.
+pub fn record_micros(histogram: &mut Histogram<u64>, duration: Duration) {
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    histogram.saturating_record(micros.max(1));
+}
+
+impl Latency {
+    /// Quantiles in milliseconds of a [`micros_histogram`].
+    pub fn from_micros(histogram: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p99_9: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+            mean: histogram.mean() / 1000.0,
+        }
+    }
+}
+
 impl Tally {
     pub fn new() -> Self {
-        Self {
-            latency_us: Histogram::new_with_bounds(1, HIGHEST_LATENCY_US, SIGNIFICANT_DIGITS)
-                .expect("constant histogram bounds are valid"),
-            leads: 0,
-            commands_by_rpc: BTreeMap::new(),
-            errors: BTreeMap::new(),
-        }
+        Self { latency_us: micros_histogram(), leads: 0, commands_by_rpc: BTreeMap::new(), errors: BTreeMap::new() }
     }
 
     pub fn record_command(&mut self, rpc: &'static str, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_us.saturating_record(micros.max(1));
+        record_micros(&mut self.latency_us, latency);
         *self.commands_by_rpc.entry(rpc).or_default() += 1;
     }
 
@@ -84,11 +111,7 @@ impl Tally {
     }
 
     pub fn record_error(&mut self, status: &Status) {
-        let count = self
-            .errors
-            .entry(format!("{:?}", status.code()))
-            .or_insert_with(|| ErrorCount { count: 0, first_message: status.message().to_string() });
-        count.count += 1;
+        count_error(&mut self.errors, status);
     }
 
     pub fn merge(&mut self, other: Tally) {
@@ -106,7 +129,6 @@ impl Tally {
     pub fn summarize(self, clients: usize, window: Duration, cpu: CpuUse, stopped_by_errors: bool) -> LevelResult {
         let seconds = window.as_secs_f64();
         let per_second = |count: u64| if seconds > 0.0 { count as f64 / seconds } else { 0.0 };
-        let ms = |micros: u64| micros as f64 / 1000.0;
         let histogram = &self.latency_us;
         LevelResult {
             clients,
@@ -115,13 +137,7 @@ impl Tally {
             leads: self.leads,
             commands_per_second: per_second(histogram.len()),
             leads_per_second: per_second(self.leads),
-            latency_ms: Latency {
-                p50: ms(histogram.value_at_quantile(0.5)),
-                p99: ms(histogram.value_at_quantile(0.99)),
-                p99_9: ms(histogram.value_at_quantile(0.999)),
-                max: ms(histogram.max()),
-                mean: histogram.mean() / 1000.0,
-            },
+            latency_ms: Latency::from_micros(histogram),
             commands_by_rpc: self.commands_by_rpc,
             errors: self.errors,
             stopped_by_errors,
@@ -144,8 +160,11 @@ mod tests {
         CpuUse {
             server_cores: None,
             postgres_cores: None,
+            relay_cores: None,
+            nats_server_cores: None,
             bench_cores: None,
             machine_busy_cores: None,
+            interrupt_cores: None,
             other_cores: None,
         }
     }

@@ -1,11 +1,13 @@
 //! Running the helper programs the harness depends on (`initdb`, `pg_ctl`,
 //! `leadger kek generate`, `git`, …): to completion, with their output in the
-//! error when they fail.
+//! error when they fail; and stopping the long-running children (`leadger
+//! serve`, `leadger relay`, `nats-server`) gracefully.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -54,4 +56,25 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         }
         Err(error) => format!("(cannot read {}: {error})", path.display()),
     }
+}
+
+/// Stops a long-running child: SIGTERM for a graceful shutdown, SIGKILL if
+/// it has not exited within `timeout`. `what` names it in the warning.
+pub fn stop_gracefully(child: &mut Child, what: &str, timeout: Duration) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let pid = child.id().to_string();
+    if run(Command::new("kill").args(["-TERM", &pid])).is_ok() {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: {what} did not stop within {timeout:?} of SIGTERM; killing it");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -55,13 +55,13 @@ pub struct RunCommand {
 
 #[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
-enum Backend {
+pub enum Backend {
     Postgres,
     Sqlite,
 }
 
 impl Backend {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
             Self::Sqlite => "sqlite",
@@ -70,10 +70,10 @@ impl Backend {
 }
 
 /// The database a run writes to, with its process when it has one.
-struct Database {
-    url: String,
-    cluster: Option<PostgresCluster>,
-    postgres_version: Option<String>,
+pub struct Database {
+    pub url: String,
+    pub cluster: Option<PostgresCluster>,
+    pub postgres_version: Option<String>,
 }
 
 /// Everything a run starts. Fields drop in declaration order: the server
@@ -116,7 +116,7 @@ impl Stack {
             .with_context(|| format!("create a temp dir in {}", parent.display()))?;
         let kek_file = workspace.path().join("leadger.kek");
         server::generate_kek(&leadger, &kek_file)?;
-        let database = start_database(command, workspace.path(), parent)?;
+        let database = start_database(command.backend, command.pg_bindir.as_deref(), workspace.path(), parent)?;
         let log = command.server_log.clone().unwrap_or_else(|| workspace.path().join("leadger.log"));
         let server = LeadgerServer::start(ServerLaunch {
             binary: &leadger,
@@ -124,6 +124,8 @@ impl Stack {
             database_url: &database.url,
             kek_file: &kek_file,
             log: &log,
+            nats_url: None,
+            extra_args: &[],
         })
         .await?;
         Ok(Self { server, database, _workspace: workspace })
@@ -133,11 +135,13 @@ impl Stack {
         WatchedProcesses {
             server: Some(self.server.pid()),
             postmaster: self.database.cluster.as_ref().and_then(PostgresCluster::postmaster_pid),
+            ..WatchedProcesses::default()
         }
     }
 }
 
-fn leadger_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// `explicit` (`--leadger-bin`), else the `leadger` next to this executable.
+pub fn leadger_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     let binary = match explicit {
         Some(path) => path.to_path_buf(),
         None => server::sibling_binary()?,
@@ -148,10 +152,17 @@ fn leadger_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
-fn start_database(command: &RunCommand, workspace: &Path, parent: &Path) -> anyhow::Result<Database> {
-    match command.backend {
+/// Starts a throwaway PostgreSQL cluster under `parent`, or names a SQLite
+/// file in `workspace`.
+pub fn start_database(
+    backend: Backend,
+    pg_bindir: Option<&Path>,
+    workspace: &Path,
+    parent: &Path,
+) -> anyhow::Result<Database> {
+    match backend {
         Backend::Postgres => {
-            let bindir = postgres::find_bindir(command.pg_bindir.as_deref())?;
+            let bindir = postgres::find_bindir(pg_bindir)?;
             let cluster = PostgresCluster::start(&bindir, parent, free_port()?)?;
             Ok(Database {
                 url: cluster.url(),
@@ -170,7 +181,7 @@ fn start_database(command: &RunCommand, workspace: &Path, parent: &Path) -> anyh
 /// A port nothing listens on right now: bind port 0 and let the kernel pick.
 /// The listener is closed before the child binds the port; another process
 /// taking it in between is possible but unlikely, and fails loudly.
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind a free port")?;
     Ok(listener.local_addr().context("read the free port")?.port())
 }

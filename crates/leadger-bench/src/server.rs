@@ -1,7 +1,9 @@
-//! The real `leadger serve` as a child process: started on a given address
-//! with its stderr in a log file, ready once its gRPC health check answers
-//! SERVING, and stopped on drop (SIGTERM for a graceful drain, SIGKILL if
-//! that takes too long).
+//! The real `leadger` as child processes: `leadger serve` started on a given
+//! address with its stderr in a log file, ready once its gRPC health check
+//! answers SERVING (for the command service and, with `--nats-url`, for the
+//! relay); and `leadger relay`, the relay as its own process. Both are
+//! stopped on drop (SIGTERM for a graceful drain, SIGKILL if that takes too
+//! long).
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -16,12 +18,14 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::process::{self, log_tail};
+use crate::process::{self, log_tail, stop_gracefully};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_POLL: Duration = Duration::from_millis(50);
 /// How long a graceful shutdown may take before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// The health service `leadger serve --nats-url` reports its relay under.
+const RELAY_HEALTH_SERVICE: &str = "leadger.relay";
 
 /// Where and how to start the server.
 pub struct ServerLaunch<'a> {
@@ -31,17 +35,31 @@ pub struct ServerLaunch<'a> {
     pub kek_file: &'a Path,
     /// Receives the server's stderr (its tracing output).
     pub log: &'a Path,
+    /// `--nats-url`: relay the log to this NATS server in process.
+    pub nats_url: Option<&'a str>,
+    /// More arguments for `leadger serve`, as given.
+    pub extra_args: &'a [String],
 }
 
 pub struct LeadgerServer {
     child: Child,
     listen: SocketAddr,
     log: PathBuf,
+    /// Started with `--nats-url`: serving also means the relay is healthy.
+    relays: bool,
 }
 
 impl LeadgerServer {
     /// Starts the server and waits until it reports SERVING.
     pub async fn start(launch: ServerLaunch<'_>) -> anyhow::Result<Self> {
+        let mut server = Self::spawn(launch)?;
+        server.wait_until_serving().await?;
+        Ok(server)
+    }
+
+    /// Starts the server without waiting for it: call
+    /// [`Self::wait_until_serving`] before sending commands.
+    pub fn spawn(launch: ServerLaunch<'_>) -> anyhow::Result<Self> {
         let log = File::create(launch.log).with_context(|| format!("create {}", launch.log.display()))?;
         let mut command = Command::new(launch.binary);
         command
@@ -51,14 +69,15 @@ impl LeadgerServer {
             .arg("--database-url")
             .arg(launch.database_url)
             .arg("--kek-file")
-            .arg(launch.kek_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .arg(launch.kek_file);
+        if let Some(url) = launch.nats_url {
+            command.arg("--nats-url").arg(url);
+        }
+        command.args(launch.extra_args);
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let child = command.spawn().with_context(|| format!("start `{}`", process::describe(&command)))?;
-        let mut server = Self { child, listen: launch.listen, log: launch.log.to_path_buf() };
-        server.wait_until_serving().await?;
-        Ok(server)
+        let relays = launch.nats_url.is_some();
+        Ok(Self { child, listen: launch.listen, log: launch.log.to_path_buf(), relays })
     }
 
     /// The gRPC endpoint clients connect to.
@@ -70,17 +89,16 @@ impl LeadgerServer {
         self.child.id()
     }
 
-    async fn wait_until_serving(&mut self) -> anyhow::Result<()> {
+    /// Waits until the command service (and, with `--nats-url`, the relay)
+    /// reports SERVING; fails if the server exits or takes too long.
+    pub async fn wait_until_serving(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let endpoint = self.endpoint();
         loop {
-            if let Some(status) = self.child.try_wait().context("check the leadger server")? {
-                bail!(
-                    "the leadger server exited ({status}) before serving; its log ends with:\n{}",
-                    log_tail(&self.log, 20)
-                );
-            }
-            if reports_serving(&endpoint).await {
+            self.check_running()?;
+            if reports_serving(&endpoint, COMMAND_SERVICE).await
+                && (!self.relays || reports_serving(&endpoint, RELAY_HEALTH_SERVICE).await)
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -93,36 +111,80 @@ impl LeadgerServer {
         }
     }
 
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
+    /// Fails, with the end of its log, if the server has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait().context("check the leadger server")? {
+            bail!("the leadger server exited ({status}); its log ends with:\n{}", log_tail(&self.log, 20));
         }
-        let pid = self.child.id().to_string();
-        if process::run(Command::new("kill").args(["-TERM", &pid])).is_ok() {
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if matches!(self.child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            eprintln!("warning: the leadger server did not stop within {STOP_TIMEOUT:?} of SIGTERM; killing it");
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(())
     }
 }
 
 impl Drop for LeadgerServer {
     fn drop(&mut self) {
-        self.stop();
+        stop_gracefully(&mut self.child, "the leadger server", STOP_TIMEOUT);
     }
 }
 
-async fn reports_serving(endpoint: &str) -> bool {
+/// Where and how to start `leadger relay`.
+pub struct RelayLaunch<'a> {
+    pub binary: &'a Path,
+    /// A PostgreSQL URL: `leadger relay` runs beside servers on PostgreSQL.
+    pub database_url: &'a str,
+    pub nats_url: &'a str,
+    /// Receives the relay's stderr (its tracing output).
+    pub log: &'a Path,
+}
+
+/// `leadger relay`: the relay as its own process. It has no health endpoint;
+/// it is working once its messages appear in the stream.
+pub struct LeadgerRelay {
+    child: Child,
+    log: PathBuf,
+}
+
+impl LeadgerRelay {
+    pub fn spawn(launch: RelayLaunch<'_>) -> anyhow::Result<Self> {
+        let log = File::create(launch.log).with_context(|| format!("create {}", launch.log.display()))?;
+        let mut command = Command::new(launch.binary);
+        command
+            .arg("relay")
+            .arg("--database-url")
+            .arg(launch.database_url)
+            .arg("--nats-url")
+            .arg(launch.nats_url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = command.spawn().with_context(|| format!("start `{}`", process::describe(&command)))?;
+        Ok(Self { child, log: launch.log.to_path_buf() })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails, with the end of its log, if the relay has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait().context("check the leadger relay")? {
+            bail!("`leadger relay` exited ({status}); its log ends with:\n{}", log_tail(&self.log, 20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LeadgerRelay {
+    fn drop(&mut self) {
+        // SIGTERM lets the relay release its lease, so a server relaying in
+        // process can take it at once.
+        stop_gracefully(&mut self.child, "`leadger relay`", STOP_TIMEOUT);
+    }
+}
+
+async fn reports_serving(endpoint: &str, service: &str) -> bool {
     let Ok(endpoint) = Channel::from_shared(endpoint.to_string()) else { return false };
     let Ok(channel) = endpoint.connect().await else { return false };
-    let request = HealthCheckRequest { service: COMMAND_SERVICE.to_string() };
+    let request = HealthCheckRequest { service: service.to_string() };
     match HealthClient::new(channel).check(request).await {
         Ok(response) => response.into_inner().status == ServingStatus::Serving as i32,
         Err(_) => false,
