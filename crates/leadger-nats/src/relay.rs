@@ -26,7 +26,7 @@ use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, Context};
 use leadger_store::{EventLog, Leases, RecordedEvent};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep};
 
 use crate::cloudevent::{POSITION_HEADER, to_cloud_event};
 use crate::stream::StreamSettings;
@@ -145,6 +145,22 @@ struct InFlight {
     ack: Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>,
 }
 
+/// Why a session's lease ended.
+#[derive(Debug, Clone)]
+enum LeaseEnd {
+    Lost,
+    Failed(String),
+}
+
+/// Aborts the task when dropped: the lease keeper lives as long as its session.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Why the stream and the relay disagree; the relay re-reads its checkpoint.
 struct Refused(String);
 
@@ -171,7 +187,8 @@ impl<L: EventLog + Leases> Relay<L> {
             },
             Err(error) => return SessionEnd::Failed(format!("provision stream {}: {error}", self.config.stream.name)),
         };
-        let mut renew_at = Instant::now() + self.config.lease_ttl / 3;
+        let (keeper, mut lease_end) = self.keep_lease();
+        let _keeper = AbortOnDrop(keeper);
         loop {
             let (next, last_sequence) = match self.checkpoint(&mut stream, lease_progress).await {
                 Ok(checkpoint) => checkpoint,
@@ -179,7 +196,7 @@ impl<L: EventLog + Leases> Relay<L> {
             };
             self.published = next - 1;
             self.set_state(RelayState::Publishing);
-            match self.publish_from(next, last_sequence, &mut renew_at).await {
+            match self.publish_from(next, last_sequence, &mut lease_end).await {
                 Ok(end) => return end,
                 Err(Refused(reason)) => {
                     tracing::warn!(reason, "stream refused a publish; resuming after the stream's last message");
@@ -226,7 +243,7 @@ impl<L: EventLog + Leases> Relay<L> {
         &mut self,
         mut next: u64,
         mut last_sequence: u64,
-        renew_at: &mut Instant,
+        lease_end: &mut watch::Receiver<Option<LeaseEnd>>,
     ) -> Result<SessionEnd, Refused> {
         let window = self.config.window.max(1);
         let mut buffer: VecDeque<RecordedEvent> = VecDeque::new();
@@ -236,19 +253,14 @@ impl<L: EventLog + Leases> Relay<L> {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = self.stopping.clone();
         loop {
-            if Instant::now() >= *renew_at {
-                match self
-                    .log
-                    .acquire_lease(LEASE_NAME, &self.config.holder, self.config.lease_ttl, self.published)
-                    .await
-                {
-                    Ok(Some(_)) => *renew_at = Instant::now() + self.config.lease_ttl / 3,
-                    Ok(None) => {
+            if let Some(end) = lease_end.borrow().clone() {
+                return Ok(match end {
+                    LeaseEnd::Lost => {
                         tracing::warn!("the relay lease passed to another relay; standing by");
-                        return Ok(SessionEnd::LeaseLost);
+                        SessionEnd::LeaseLost
                     }
-                    Err(error) => return Ok(SessionEnd::Failed(format!("renew the relay lease: {error}"))),
-                }
+                    LeaseEnd::Failed(reason) => SessionEnd::Failed(reason),
+                });
             }
             let announced = *self.appended.borrow_and_update();
             // Refill once half the window is free, so each read fetches at
@@ -315,16 +327,41 @@ impl<L: EventLog + Leases> Relay<L> {
                         self.drain(in_flight).await;
                         return Ok(SessionEnd::Stopped);
                     }
+                    _ = lease_end.changed() => {}
                 }
             } else {
                 tokio::select! {
                     _ = self.appended.changed() => {}
                     _ = poll.tick() => poll_due = true,
-                    _ = sleep_until(*renew_at) => {}
+                    _ = lease_end.changed() => {}
                     _ = stopped(&mut stopping) => return Ok(SessionEnd::Stopped),
                 }
             }
         }
+    }
+
+    /// Renews the lease every third of its term in a task of its own, so a
+    /// slow renewal (on SQLite it waits for the write lock) never stalls
+    /// publishing. The receiver turns to `Some` when the lease is lost or a
+    /// renewal failed; the session then ends.
+    fn keep_lease(&self) -> (tokio::task::JoinHandle<()>, watch::Receiver<Option<LeaseEnd>>) {
+        let (end_tx, end) = watch::channel(None);
+        let (log, holder, ttl) = (self.log.clone(), self.config.holder.clone(), self.config.lease_ttl);
+        let status = self.status.subscribe();
+        let keeper = tokio::spawn(async move {
+            loop {
+                sleep(ttl / 3).await;
+                let published = status.borrow().published;
+                let outcome = match log.acquire_lease(LEASE_NAME, &holder, ttl, published).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => LeaseEnd::Lost,
+                    Err(error) => LeaseEnd::Failed(format!("renew the relay lease: {error}")),
+                };
+                let _ = end_tx.send(Some(outcome));
+                return;
+            }
+        });
+        (keeper, end)
     }
 
     /// At shutdown, waits briefly for the acknowledgements already due, so
