@@ -35,6 +35,8 @@ pub const BREACH_SUBJECT_PREFIX: &str = "leads.v1.sla";
 /// How long a commit may take between its recorded time and its visibility:
 /// deadlines this close to "now" wait for the next round.
 const COMMIT_MARGIN_US: i64 = 1_000_000;
+/// How many times a round re-reads the read model waiting for the projector.
+const CATCH_UP_ATTEMPTS: usize = 40;
 
 #[derive(Clone)]
 pub struct BreachConfig {
@@ -197,9 +199,19 @@ async fn announce_due<L: EventLog + JourneyStore + Agreements>(
     // The horizon: an instant by which everything recorded is in the read model.
     let now = (config.clock)();
     let head = log.head_position().await.map_err(|e| format!("read the log head: {e}"))?;
+    // Wait (a little) for the projector to reach that head: under steady
+    // load it is always a batch or so behind the newest commit, but it
+    // reaches a fixed position quickly.
+    for _ in 0..CATCH_UP_ATTEMPTS {
+        let cursor = log.journey_cursor().await.map_err(|e| format!("read the read model's position: {e}"))?;
+        if cursor.position >= head {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let snapshot = log.read_journeys(JourneyScope::All).await.map_err(|e| format!("read the journeys: {e}"))?;
     if snapshot.position < head {
-        return Ok(()); // the projector is catching up; next round
+        return Ok(()); // the projector is far behind; next round
     }
     let horizon = Timestamp::from_micros(now.as_micros() - COMMIT_MARGIN_US).unwrap_or(now);
     let policies: Vec<_> = log
