@@ -98,7 +98,7 @@ pub struct ProjectArgs {
     database_url: String,
     /// Replay the whole log into fresh read-model rows, swap them in
     /// atomically and exit. MODEL: `journeys` (funnel, conversion, lead
-    /// quality), the default and only one so far.
+    /// quality, SLA), the default and only one so far.
     #[arg(long, value_name = "MODEL", num_args = 0..=1, default_missing_value = "journeys")]
     rebuild: Option<String>,
     /// How long the projector lease lasts unless renewed: how soon a standby
@@ -388,7 +388,7 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
 async fn project(args: ProjectArgs) -> anyhow::Result<()> {
     if let Some(model) = &args.rebuild {
         if model != "journeys" {
-            bail!("--rebuild {model:?}: the read models are `journeys` (funnel, conversion, lead quality)");
+            bail!("--rebuild {model:?}: the read models are `journeys` (funnel, conversion, lead quality, SLA)");
         }
         let report = match DatabaseUrl::parse(&args.database_url) {
             Some(DatabaseUrl::Sqlite(url)) => rebuild(&SqliteLog::connect(&url).await?).await?,
