@@ -1,7 +1,7 @@
 //! Where the CPU goes during a measurement: CPU time of the leadger server,
-//! of a separate `leadger relay` and `nats-server` when there are, of the
-//! PostgreSQL processes, of the load generator itself and of the whole
-//! machine, read from `/proc` at the start and end of the window and
+//! of a separate `leadger relay`, `leadger project` and `nats-server` when
+//! there are, of the PostgreSQL processes, of the load generator itself and
+//! of the whole machine, read from `/proc` at the start and end of the window and
 //! reported in cores (1.0 = one core busy the whole time).
 //!
 //! Linux only; elsewhere every figure is simply missing.
@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::DISTURBING_CPU_CORES;
 use crate::process;
 
 /// The processes to account for; a missing one is left out of the figures.
@@ -24,6 +25,9 @@ pub struct WatchedProcesses {
     /// A `leadger relay` process of its own.
     pub relay: Option<u32>,
     pub nats_server: Option<u32>,
+    /// A `leadger project` process. Sample its end while it is a zombie
+    /// (exited, not yet waited for): its CPU times are still readable then.
+    pub projector: Option<u32>,
 }
 
 /// CPU time in clock ticks at one instant.
@@ -34,6 +38,7 @@ pub struct CpuSample {
     postgres: Option<u64>,
     relay: Option<u64>,
     nats_server: Option<u64>,
+    projector: Option<u64>,
     bench: Option<u64>,
     machine_busy: Option<u64>,
     interrupts: Option<u64>,
@@ -49,6 +54,9 @@ pub struct CpuUse {
     pub relay_cores: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_server_cores: Option<f64>,
+    /// Only where a run has a `leadger project` process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projector_cores: Option<f64>,
     pub bench_cores: Option<f64>,
     pub machine_busy_cores: Option<f64>,
     /// Part of `machine_busy_cores` spent in interrupt handlers (irq and
@@ -70,6 +78,7 @@ impl WatchedProcesses {
             postgres: self.postmaster.map(postgres_ticks),
             relay: self.relay.and_then(process_ticks),
             nats_server: self.nats_server.and_then(process_ticks),
+            projector: self.projector.and_then(process_ticks),
             bench: process_ticks(std::process::id()),
             machine_busy: machine_busy_ticks(),
             interrupts: interrupt_ticks(),
@@ -92,23 +101,43 @@ impl CpuSample {
         let postgres_cores = cores(self.postgres, end.postgres);
         let relay_cores = cores(self.relay, end.relay);
         let nats_server_cores = cores(self.nats_server, end.nats_server);
+        let projector_cores = cores(self.projector, end.projector);
         let bench_cores = cores(self.bench, end.bench);
         let machine_busy_cores = cores(self.machine_busy, end.machine_busy);
         let interrupt_cores = cores(self.interrupts, end.interrupts);
-        let accounted = [server_cores, postgres_cores, relay_cores, nats_server_cores, bench_cores, interrupt_cores]
-            .into_iter()
-            .flatten()
-            .sum::<f64>();
+        let accounted = [
+            server_cores,
+            postgres_cores,
+            relay_cores,
+            nats_server_cores,
+            projector_cores,
+            bench_cores,
+            interrupt_cores,
+        ]
+        .into_iter()
+        .flatten()
+        .sum::<f64>();
         let other_cores = machine_busy_cores.map(|busy| (busy - accounted).max(0.0));
         CpuUse {
             server_cores,
             postgres_cores,
             relay_cores,
             nats_server_cores,
+            projector_cores,
             bench_cores,
             machine_busy_cores,
             interrupt_cores,
             other_cores,
+        }
+    }
+}
+
+impl CpuUse {
+    /// Warns on stderr when processes outside the benchmark kept the machine
+    /// busy during `what`.
+    pub fn warn_if_disturbed(&self, what: &str) {
+        if let Some(other) = self.other_cores.filter(|&cores| cores > DISTURBING_CPU_CORES) {
+            eprintln!("warning: other processes kept {other:.2} cores busy during {what}; its figures are disturbed");
         }
     }
 }

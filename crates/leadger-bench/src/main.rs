@@ -11,14 +11,19 @@
 //!   NATS JetStream: how fast it publishes a backlog, how long an event takes
 //!   from its commit to a consumer, and what raw JetStream publishing does on
 //!   the same machine; it starts its own `nats-server` too.
+//! - `leadger-bench rebuild --backend postgres|sqlite` loads a log of a
+//!   million events and times `leadger project --rebuild` on it: events/s
+//!   and the rebuilding process's peak RSS.
 //!
 //! Modules: [`funnel`] decides what each lead goes through, [`load`] sends it
 //! (and [`paced`] at a fixed rate) and [`measure`] keeps the figures;
 //! [`postgres`], [`server`] and [`nats_server`] own the child processes of
-//! `run` ([`scenario`]) and `nats` ([`publication`], with [`jetstream`] for
-//! the JetStream side); [`cpu`] and [`machine`] describe where the figures
+//! `run` ([`scenario`]), `nats` ([`publication`], with [`jetstream`] for
+//! the JetStream side) and `rebuild` ([`rebuild`]), the last two on a log
+//! filled by [`backlog`]; [`cpu`] and [`machine`] describe where the figures
 //! came from and [`report`] prints them.
 
+mod backlog;
 mod cpu;
 mod funnel;
 mod jetstream;
@@ -30,6 +35,7 @@ mod paced;
 mod postgres;
 mod process;
 mod publication;
+mod rebuild;
 mod report;
 mod scenario;
 mod server;
@@ -69,6 +75,9 @@ enum Mode {
     /// Measure publication to NATS JetStream: relay throughput, commit-to-consumer
     /// delay, and raw JetStream publishing beside them.
     Nats(publication::NatsCommand),
+    /// Measure `leadger project --rebuild` on a log of a million events:
+    /// events/s and peak RSS.
+    Rebuild(rebuild::RebuildCommand),
 }
 
 #[derive(Debug, Args, Serialize)]
@@ -201,6 +210,7 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
         Mode::Load(command) => load_external(command).await,
         Mode::Run(command) => scenario::run(command).await,
         Mode::Nats(command) => publication::run(command).await,
+        Mode::Rebuild(command) => rebuild::run(command).await,
     }
 }
 

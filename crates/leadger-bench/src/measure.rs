@@ -70,6 +70,17 @@ pub struct Latency {
     pub mean: f64,
 }
 
+/// The middle value (the mean of the two middle ones for an even count).
+pub fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// An empty histogram of durations in microseconds, 1 µs to a minute.
 pub fn micros_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_LATENCY_US, SIGNIFICANT_DIGITS).expect("constant histogram bounds are valid")
@@ -162,6 +173,7 @@ mod tests {
             postgres_cores: None,
             relay_cores: None,
             nats_server_cores: None,
+            projector_cores: None,
             bench_cores: None,
             machine_busy_cores: None,
             interrupt_cores: None,
@@ -190,5 +202,12 @@ mod tests {
         assert_eq!(result.commands_by_rpc.get("QualifyLead"), Some(&1));
         assert_eq!(result.error_count(), 2);
         assert_eq!(result.errors["Aborted"].first_message, "version moved on");
+    }
+
+    #[test]
+    fn the_median_is_the_middle_value() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
     }
 }

@@ -41,13 +41,12 @@ use leadger_nats::{NatsConnection, RelayConfig, StreamSettings};
 use serde::Serialize;
 use tempfile::TempDir;
 
-use crate::DISTURBING_CPU_CORES;
+use crate::backlog::{self, Backlog, BacklogPlan};
 use crate::cpu::{CpuUse, WatchedProcesses};
-use crate::funnel;
 use crate::jetstream::{self as js_bench, Arrivals, EventMessage, StreamFill};
-use crate::load::{self, LevelLength, LevelPlan, RunNaming};
+use crate::load::RunNaming;
 use crate::machine::{Machine, Revision};
-use crate::measure::{ErrorCount, Latency, micros_histogram, record_micros};
+use crate::measure::{ErrorCount, Latency, median, micros_histogram, record_micros};
 use crate::nats_server::{self, NatsServer};
 use crate::paced::{self, PacedPlan};
 use crate::postgres::PostgresCluster;
@@ -153,17 +152,6 @@ impl NatsCommand {
     }
 }
 
-/// The log the relay found when it started.
-#[derive(Debug, Clone, Serialize)]
-pub struct Backlog {
-    pub events: u64,
-    pub leads: u64,
-    pub clients: usize,
-    pub seconds: f64,
-    pub commands_per_second: f64,
-    pub errors: u64,
-}
-
 /// A relay publishing the backlog.
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayThroughput {
@@ -267,17 +255,6 @@ impl PublicationResults {
             relay_to_raw: relay_messages_per_second / raw_messages_per_second,
             delays,
         }
-    }
-}
-
-/// The middle value (the mean of the two middle ones for an even count).
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
@@ -488,43 +465,23 @@ impl Bench<'_> {
             postmaster: self.database.cluster.as_ref().and_then(PostgresCluster::postmaster_pid),
             relay,
             nats_server: Some(self.nats.pid()),
+            projector: None,
         }
     }
 
     /// Funnel leads, `--backlog-clients` at a time, until the log holds at
-    /// least `--backlog-events` events (one per successful command).
+    /// least `--backlog-events` events.
     async fn load_backlog(&self, server: &LeadgerServer) -> anyhow::Result<Backlog> {
         let command = self.command;
-        let leads = leads_for_events(command.seed, command.backlog_events);
-        let plan = LevelPlan {
+        let plan = BacklogPlan {
+            events: command.backlog_events,
             clients: command.backlog_clients,
             connections: command.connections,
-            length: LevelLength::Leads(leads),
             seed: command.seed,
             max_errors: command.max_errors,
         };
-        let backend = command.backend.name();
-        eprintln!("{backend}: loading a backlog of {} events ({leads} leads)…", command.backlog_events);
         let watched = self.watched(Some(server.pid()), None);
-        let level =
-            load::run_level(&server.endpoint(), &plan, &self.naming, &watched).await.context("load the backlog")?;
-        for (code, errors) in &level.errors {
-            eprintln!("backlog: {} × {code}, e.g. {:?}", errors.count, errors.first_message);
-        }
-        if level.stopped_by_errors {
-            bail!("the backlog load stopped after {} failed commands", level.error_count());
-        }
-        eprintln!("{backend}: backlog of {} events at {:.0} commands/s", level.commands, level.commands_per_second);
-        warn_if_disturbed("the backlog load", &level.cpu);
-        Ok(Backlog {
-            // The log was empty and every successful command appended one event.
-            events: level.commands,
-            leads,
-            clients: command.backlog_clients,
-            seconds: level.seconds,
-            commands_per_second: level.commands_per_second,
-            errors: level.error_count(),
-        })
+        backlog::load(server, &plan, command.backend.name(), &self.naming, &watched).await
     }
 
     /// Times a relay started at `started` publishing the `events` of the
@@ -546,7 +503,7 @@ impl Bench<'_> {
         if fill.messages != events {
             bail!("stream {name} holds {} messages for a log of {events} events", fill.messages);
         }
-        warn_if_disturbed(relay, &cpu);
+        cpu.warn_if_disturbed(relay);
         Ok(throughput(relay, &fill, started, cpu))
     }
 
@@ -563,7 +520,7 @@ impl Bench<'_> {
         let before = watched.sample();
         let run = paced::drive(&server.endpoint(), &plan, &self.naming).await?;
         let cpu = before.until(&watched.sample());
-        warn_if_disturbed(relay, &cpu);
+        cpu.warn_if_disturbed(relay);
         let positions: Vec<u64> = run.acknowledged.iter().map(|answer| answer.position).collect();
         let arrived = arrivals.collect(&positions, ARRIVAL_TIMEOUT).await?;
         let mut delay = micros_histogram();
@@ -623,7 +580,7 @@ impl Bench<'_> {
         let before = watched.sample();
         let client_seconds = js_bench::publish_like_the_relay(&publisher, messages, window).await?;
         let cpu = before.until(&watched.sample());
-        warn_if_disturbed("raw publishing", &cpu);
+        cpu.warn_if_disturbed("raw publishing");
         let fill = js_bench::wait_for_messages(&self.js, RAW_STREAM, count, Duration::ZERO, || Ok(())).await?;
         self.js.delete_stream(RAW_STREAM).await.with_context(|| format!("delete stream {RAW_STREAM}"))?;
         Ok(RawPublication {
@@ -636,13 +593,6 @@ impl Bench<'_> {
             messages_per_second_client: count as f64 / client_seconds,
             cpu,
         })
-    }
-}
-
-/// Warns when processes outside the benchmark kept the machine busy.
-fn warn_if_disturbed(what: &str, cpu: &CpuUse) {
-    if let Some(other) = cpu.other_cores.filter(|&cores| cores > DISTURBING_CPU_CORES) {
-        eprintln!("warning: other processes kept {other:.2} cores busy during {what}; its figures are disturbed");
     }
 }
 
@@ -665,39 +615,5 @@ fn latency_or_nothing(histogram: &Histogram<u64>) -> Latency {
         Latency { p50: 0.0, p99: 0.0, p99_9: 0.0, max: 0.0, mean: 0.0 }
     } else {
         Latency::from_micros(histogram)
-    }
-}
-
-/// The fewest leads, numbered from 0 as a level numbers them, whose journeys
-/// add up to at least `events` commands.
-fn leads_for_events(seed: u64, events: u64) -> u64 {
-    let mut commands = 0;
-    let mut leads = 0;
-    while commands < events {
-        commands += funnel::journey(seed, leads).len() as u64;
-        leads += 1;
-    }
-    leads
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_median_is_the_middle_value() {
-        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
-        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
-        assert_eq!(median(std::iter::empty()), 0.0);
-    }
-
-    #[test]
-    fn enough_leads_for_the_backlog_and_no_more() {
-        let leads = leads_for_events(1, 1000);
-        let commands = |leads: u64| (0..leads).map(|lead| funnel::journey(1, lead).len() as u64).sum::<u64>();
-        assert!(commands(leads) >= 1000);
-        assert!(commands(leads - 1) < 1000);
-        // About 1.4 commands per lead.
-        assert!((650..=760).contains(&leads), "{leads} leads");
     }
 }

@@ -2,7 +2,8 @@
 //! docs/benchmarks.md as printed) and, on request, a JSON document with the
 //! same figures plus everything needed to reproduce them. [`Report`] is the
 //! document of the load levels (`run`, `load`), [`PublicationReport`] that of
-//! the NATS publication benchmark (`nats`).
+//! the NATS publication benchmark (`nats`), [`RebuildReport`] that of the
+//! read-model rebuild (`rebuild`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -15,6 +16,7 @@ use crate::cpu::CpuUse;
 use crate::machine::{Machine, Revision};
 use crate::measure::LevelResult;
 use crate::publication::PublicationResults;
+use crate::rebuild::{RebuildResults, mib};
 
 /// The JSON document of one invocation.
 #[derive(Debug, Serialize)]
@@ -316,6 +318,120 @@ pub fn delay_table(results: &PublicationResults) -> String {
             errors,
             if delay.stopped_by_errors { " (stopped)" } else { "" },
             cpu_cells(&delay.cpu),
+        );
+    }
+    table
+}
+
+/// The JSON document of one `leadger-bench rebuild` invocation.
+#[derive(Debug, Serialize)]
+pub struct RebuildReport<'a, P: Serialize> {
+    pub tool: String,
+    pub finished_at_unix: u64,
+    pub command_line: Vec<String>,
+    pub revision: Revision,
+    pub machine: &'a Machine,
+    /// The event log rebuilt from: "postgres" or "sqlite".
+    pub backend: &'a str,
+    pub parameters: &'a P,
+    pub results: &'a RebuildResults,
+}
+
+impl<'a, P: Serialize> RebuildReport<'a, P> {
+    pub fn new(
+        revision: Revision,
+        machine: &'a Machine,
+        backend: &'a str,
+        parameters: &'a P,
+        results: &'a RebuildResults,
+    ) -> Self {
+        Self {
+            tool: format!("leadger-bench {}", env!("CARGO_PKG_VERSION")),
+            finished_at_unix: finished_at_unix(),
+            command_line: std::env::args().collect(),
+            revision,
+            machine,
+            backend,
+            parameters,
+            results,
+        }
+    }
+
+    /// Prints the header lines, the backlog, the table and the medians to
+    /// stdout, and writes the JSON document when `json` is given.
+    pub fn publish(&self, json: Option<&Path>) -> anyhow::Result<()> {
+        let results = self.results;
+        let backlog = &results.backlog;
+        println!("backend: {}; commit: {}", self.backend, revision_line(&self.revision));
+        println!("machine: {}", self.machine.summary());
+        println!("command: {}", self.command_line.join(" "));
+        println!(
+            "backlog: {} events ({} leads, {} clients, `leadger serve --no-projector`) loaded in {:.1} s at {:.0} commands/s, {} errors; server CPU {}, postgres CPU {}, bench CPU {}, other CPU {}, machine CPU {}",
+            backlog.events,
+            backlog.leads,
+            backlog.clients,
+            backlog.seconds,
+            backlog.commands_per_second,
+            backlog.errors,
+            cores(backlog.cpu.server_cores),
+            cores(backlog.cpu.postgres_cores),
+            cores(backlog.cpu.bench_cores),
+            cores(backlog.cpu.other_cores),
+            cores(backlog.cpu.machine_busy_cores),
+        );
+        println!();
+        print!("{}", rebuild_table(results));
+        println!();
+        println!(
+            "median of {} rounds: {:.2} s, {:.0} events/s, peak RSS {:.1} MiB (wall time from spawn to exit)",
+            results.rounds.len(),
+            results.wall_seconds,
+            results.events_per_second,
+            mib(results.peak_rss_kib)
+        );
+        match json {
+            Some(path) => write_json(self, path),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One row per rebuild: the harness's wall time (spawn to exit) and rate,
+/// then what `leadger project --rebuild` printed (its own timing starts
+/// after its process start and ends at the swap), the peak RSS, and CPU over
+/// the wall time as in [`markdown_table`] ("projector" is the rebuilding
+/// process; the server is idle).
+pub fn rebuild_table(results: &RebuildResults) -> String {
+    let mut table = String::from(
+        "| round | events | leads | wall s | events/s | printed s | printed events/s | peak RSS MiB | projector CPU | server CPU | postgres CPU | bench CPU | interrupts CPU | other CPU | machine CPU |\n\
+         |--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for round in &results.rounds {
+        let cpu = &round.cpu;
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.0} | {:.1} | {} |",
+            round.round,
+            round.printed.events,
+            round.printed.leads,
+            round.wall_seconds,
+            round.events_per_second,
+            round.printed.seconds,
+            round.printed.events_per_second,
+            mib(round.peak_rss_kib as f64),
+            [
+                cpu.projector_cores,
+                cpu.server_cores,
+                cpu.postgres_cores,
+                cpu.bench_cores,
+                cpu.interrupt_cores,
+                cpu.other_cores,
+                cpu.machine_busy_cores,
+            ]
+            .into_iter()
+            .map(cores)
+            .collect::<Vec<_>>()
+            .join(" | "),
         );
     }
     table
