@@ -680,5 +680,19 @@ async fn a_batch_applied_twice_changes_nothing() {
         v
     };
     assert_eq!(ids(&after), ids(&before), "no journey changed");
+
+    // The breach notifier's scope: exactly the leads in MQL or SQL now.
+    let awaiting = log.read_journeys(JourneyScope::AwaitingSales).await.expect("awaiting sales");
+    let mut want: Vec<_> = before
+        .journeys
+        .iter()
+        .filter(|j| matches!(j.stage(), leadger_domain::Stage::Mql | leadger_domain::Stage::Sql))
+        .map(|j| j.lead_id)
+        .collect();
+    let mut got: Vec<_> = awaiting.journeys.iter().map(|j| j.lead_id).collect();
+    want.sort();
+    got.sort();
+    assert!(!want.is_empty() && want.len() < before.journeys.len(), "a mixed sample");
+    assert_eq!(got, want);
     server.stop().await;
 }

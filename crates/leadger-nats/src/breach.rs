@@ -209,7 +209,9 @@ async fn announce_due<L: EventLog + JourneyStore + Agreements>(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let snapshot = log.read_journeys(JourneyScope::All).await.map_err(|e| format!("read the journeys: {e}"))?;
+    // Only leads in MQL or SQL can have an open hand-off.
+    let snapshot =
+        log.read_journeys(JourneyScope::AwaitingSales).await.map_err(|e| format!("read the journeys: {e}"))?;
     if snapshot.position < head {
         return Ok(()); // the projector is far behind; next round
     }

@@ -11,8 +11,8 @@
 
 use std::future::Future;
 
-use leadger_domain::LeadId;
 use leadger_domain::journey::{Journey, Window};
+use leadger_domain::{LeadId, Stage};
 use serde_json::{Value, json};
 use sqlx::Row;
 use uuid::Uuid;
@@ -35,6 +35,8 @@ pub enum JourneyScope {
     All,
     /// Leads captured inside the window (a cohort).
     CapturedIn(Window),
+    /// Leads in MQL or SQL now: the only ones with an open hand-off.
+    AwaitingSales,
 }
 
 /// Journeys as of one position, read in one snapshot.
@@ -81,16 +83,29 @@ pub trait JourneyStore: Send + Sync + 'static {
 fn rows_json(journeys: &[Journey]) -> String {
     let rows: Vec<Value> = journeys
         .iter()
-        .map(|j| json!([j.lead_id.as_uuid().hyphenated().to_string(), j.captured_at().as_micros(), encode_journey(j)]))
+        .map(|j| {
+            json!([
+                j.lead_id.as_uuid().hyphenated().to_string(),
+                j.captured_at().as_micros(),
+                awaiting_sales(j),
+                encode_journey(j)
+            ])
+        })
         .collect();
     Value::Array(rows).to_string()
 }
 
-fn scope_bounds(scope: JourneyScope) -> (i64, i64) {
+/// The capture window and whether only leads awaiting sales are wanted.
+fn scope_bounds(scope: JourneyScope) -> (i64, i64, bool) {
     match scope {
-        JourneyScope::All => (i64::MIN, i64::MAX),
-        JourneyScope::CapturedIn(window) => (window.from.as_micros(), window.to.as_micros()),
+        JourneyScope::All => (i64::MIN, i64::MAX, false),
+        JourneyScope::CapturedIn(window) => (window.from.as_micros(), window.to.as_micros(), false),
+        JourneyScope::AwaitingSales => (i64::MIN, i64::MAX, true),
     }
+}
+
+fn awaiting_sales(journey: &Journey) -> bool {
+    matches!(journey.stage(), Stage::Mql | Stage::Sql)
 }
 
 fn cursor_from((generation, position): (i64, i64)) -> Result<JourneyCursor, StoreError> {
@@ -150,14 +165,15 @@ impl JourneyStore for SqliteLog {
         // One read transaction: the rows and the cursor are of one snapshot.
         let mut tx = self.pool().begin().await?;
         let cursor = cursor_from(sqlx::query_as(CURSOR_SQL).fetch_one(&mut *tx).await?)?;
-        let (from, to) = scope_bounds(scope);
+        let (from, to, only_awaiting) = scope_bounds(scope);
         let rows = sqlx::query(
             "SELECT lead_id, journey FROM journeys
-             WHERE generation = ?1 AND captured_at_us >= ?2 AND captured_at_us < ?3",
+             WHERE generation = ?1 AND captured_at_us >= ?2 AND captured_at_us < ?3 AND (?4 = 0 OR awaiting_sales = 1)",
         )
         .bind(cursor.generation)
         .bind(from)
         .bind(to)
+        .bind(only_awaiting)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -204,11 +220,13 @@ async fn sqlite_upsert(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO journeys (generation, lead_id, captured_at_us, journey)
-         SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+        "INSERT INTO journeys (generation, lead_id, captured_at_us, awaiting_sales, journey)
+         SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                json_extract(value, '$[3]')
          FROM json_each(?2) WHERE true
          ON CONFLICT (generation, lead_id) DO UPDATE SET
-             captured_at_us = excluded.captured_at_us, journey = excluded.journey",
+             captured_at_us = excluded.captured_at_us, awaiting_sales = excluded.awaiting_sales,
+             journey = excluded.journey",
     )
     .bind(generation)
     .bind(rows_json(journeys))
@@ -261,14 +279,15 @@ impl JourneyStore for PostgresLog {
     async fn read_journeys(&self, scope: JourneyScope) -> Result<JourneySnapshot, StoreError> {
         let mut tx = self.pool().begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let cursor = cursor_from(sqlx::query_as(CURSOR_SQL).fetch_one(&mut *tx).await?)?;
-        let (from, to) = scope_bounds(scope);
+        let (from, to, only_awaiting) = scope_bounds(scope);
         let rows: Vec<(Uuid, String)> = sqlx::query_as(
             "SELECT lead_id, journey FROM journeys
-             WHERE generation = $1 AND captured_at_us >= $2 AND captured_at_us < $3",
+             WHERE generation = $1 AND captured_at_us >= $2 AND captured_at_us < $3 AND (NOT $4 OR awaiting_sales)",
         )
         .bind(cursor.generation)
         .bind(from)
         .bind(to)
+        .bind(only_awaiting)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -310,16 +329,19 @@ async fn postgres_upsert(
     }
     let ids: Vec<Uuid> = journeys.iter().map(|j| j.lead_id.as_uuid()).collect();
     let captured: Vec<i64> = journeys.iter().map(|j| j.captured_at().as_micros()).collect();
+    let awaiting: Vec<bool> = journeys.iter().map(awaiting_sales).collect();
     let texts: Vec<String> = journeys.iter().map(encode_journey).collect();
     sqlx::query(
-        "INSERT INTO journeys (generation, lead_id, captured_at_us, journey)
-         SELECT $1, * FROM UNNEST($2::uuid[], $3::bigint[], $4::text[])
+        "INSERT INTO journeys (generation, lead_id, captured_at_us, awaiting_sales, journey)
+         SELECT $1, * FROM UNNEST($2::uuid[], $3::bigint[], $4::boolean[], $5::text[])
          ON CONFLICT (generation, lead_id) DO UPDATE SET
-             captured_at_us = excluded.captured_at_us, journey = excluded.journey",
+             captured_at_us = excluded.captured_at_us, awaiting_sales = excluded.awaiting_sales,
+             journey = excluded.journey",
     )
     .bind(generation)
     .bind(&ids)
     .bind(&captured)
+    .bind(&awaiting)
     .bind(&texts)
     .execute(&mut **tx)
     .await?;
