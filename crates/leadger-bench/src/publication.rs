@@ -51,8 +51,8 @@ use crate::nats_server::{self, NatsServer};
 use crate::paced::{self, PacedPlan};
 use crate::postgres::PostgresCluster;
 use crate::report::PublicationReport;
-use crate::scenario::{self, Backend, Database};
-use crate::server::{self, LeadgerRelay, LeadgerServer, RelayLaunch, ServerLaunch};
+use crate::scenario::{self, Backend, Database, Workspace};
+use crate::server::{LeadgerRelay, LeadgerServer, RelayLaunch, ServerLaunch};
 
 /// The stream the raw publisher fills: the relay's configuration under
 /// another name (the relay's stream is deleted first, as the subjects of two
@@ -275,20 +275,8 @@ pub async fn run(command: NatsCommand) -> anyhow::Result<()> {
     let revision = Revision::probe();
     let leadger = scenario::leadger_binary(command.leadger_bin.as_deref())?;
     let nats_binary = nats_server::binary(command.nats_server.as_deref())?;
-    let parent = command.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let workspace = tempfile::Builder::new()
-        .prefix("leadger-bench-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("create a temp dir in {}", parent.display()))?;
-    let logs = match &command.log_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-            dir.clone()
-        }
-        None => workspace.path().to_path_buf(),
-    };
-    let kek_file = workspace.path().join("leadger.kek");
-    server::generate_kek(&leadger, &kek_file)?;
+    let workspace = Workspace::prepare(&leadger, command.work_dir.as_deref(), command.log_dir.as_deref())?;
+    let (parent, logs, kek_file) = (workspace.parent.clone(), workspace.logs.clone(), workspace.kek_file.clone());
     let database = scenario::start_database(command.backend, command.pg_bindir.as_deref(), workspace.path(), &parent)?;
     let nats = NatsServer::start(&nats_binary, &parent, scenario::free_port()?, &logs.join("nats-server.log")).await?;
     let client = async_nats::connect(nats.url()).await.with_context(|| format!("connect to {}", nats.url()))?;
@@ -307,7 +295,7 @@ pub async fn run(command: NatsCommand) -> anyhow::Result<()> {
     drop(bench);
     drop(nats);
     drop(database);
-    drop_workspace(workspace);
+    drop_workspace(workspace.dir);
     let nats_version = NatsServer::version(&nats_binary);
     PublicationReport::new(revision, &machine, nats_version, command.backend.name(), &command, &results)
         .publish(command.output_json.as_deref())

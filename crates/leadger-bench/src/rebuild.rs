@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
-use tempfile::TempDir;
 
 use crate::backlog::{self, Backlog, BacklogPlan};
 use crate::cpu::{CpuUse, WatchedProcesses};
@@ -43,8 +42,8 @@ use crate::measure::median;
 use crate::postgres::PostgresCluster;
 use crate::process::{self, log_tail};
 use crate::report::RebuildReport;
-use crate::scenario::{self, Backend, Database};
-use crate::server::{self, LeadgerServer, ServerLaunch};
+use crate::scenario::{self, Backend, Database, Workspace};
+use crate::server::{LeadgerServer, ServerLaunch};
 
 /// How often the harness looks at the rebuilding process.
 const POLL: Duration = Duration::from_millis(5);
@@ -157,43 +156,32 @@ struct Stack {
     server: LeadgerServer,
     database: Database,
     /// Held only to be deleted when the run ends.
-    _workspace: TempDir,
+    /// Dropped last: its temp dir is deleted at the end.
+    workspace: Workspace,
 }
 
 pub async fn run(command: RebuildCommand) -> anyhow::Result<()> {
     command.check()?;
     let revision = Revision::probe();
     let leadger = scenario::leadger_binary(command.leadger_bin.as_deref())?;
-    let parent = command.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let workspace = tempfile::Builder::new()
-        .prefix("leadger-bench-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("create a temp dir in {}", parent.display()))?;
-    let logs = match &command.log_dir {
-        Some(dir) => {
-            fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-            dir.clone()
-        }
-        None => workspace.path().to_path_buf(),
-    };
-    let kek_file = workspace.path().join("leadger.kek");
-    server::generate_kek(&leadger, &kek_file)?;
-    let database = scenario::start_database(command.backend, command.pg_bindir.as_deref(), workspace.path(), &parent)?;
+    let workspace = Workspace::prepare(&leadger, command.work_dir.as_deref(), command.log_dir.as_deref())?;
+    let database =
+        scenario::start_database(command.backend, command.pg_bindir.as_deref(), workspace.path(), &workspace.parent)?;
     let server_args: Vec<String> =
         std::iter::once(NO_PROJECTOR.to_string()).chain(command.server_arg.iter().cloned()).collect();
     let server = LeadgerServer::start(ServerLaunch {
         binary: &leadger,
         listen: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, scenario::free_port()?)),
         database_url: &database.url,
-        kek_file: &kek_file,
-        log: &logs.join("leadger-serve.log"),
+        kek_file: &workspace.kek_file,
+        log: &workspace.logs.join("leadger-serve.log"),
         nats_url: None,
         extra_args: &server_args,
     })
     .await?;
-    let stack = Stack { server, database, _workspace: workspace };
-    let results = measure(&command, &stack, &leadger, &logs).await?;
-    let machine = Machine::probe(stack.database.postgres_version.clone(), Some(&parent));
+    let stack = Stack { server, database, workspace };
+    let results = measure(&command, &stack, &leadger, &stack.workspace.logs).await?;
+    let machine = Machine::probe(stack.database.postgres_version.clone(), Some(&stack.workspace.parent));
     drop(stack);
     RebuildReport::new(revision, &machine, command.backend.name(), &command, &results)
         .publish(command.output_json.as_deref())

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use tempfile::TempDir;
 
 use crate::LoadArgs;
 use crate::cpu::WatchedProcesses;
@@ -82,8 +81,8 @@ pub struct Database {
 struct Stack {
     server: LeadgerServer,
     database: Database,
-    /// Held only to be deleted when the run ends.
-    _workspace: TempDir,
+    /// Dropped last: its temp dir is deleted when the run ends.
+    workspace: Workspace,
 }
 
 pub async fn run(command: RunCommand) -> anyhow::Result<()> {
@@ -92,8 +91,8 @@ pub async fn run(command: RunCommand) -> anyhow::Result<()> {
         bail!("--analyze is for --backend postgres");
     }
     let revision = Revision::probe();
-    let parent = command.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let stack = Stack::start(&command, &parent).await?;
+    let stack = Stack::start(&command).await?;
+    let parent = stack.workspace.parent.clone();
     let refresh_statistics = || match (&stack.database.cluster, command.analyze) {
         (Some(cluster), true) => cluster.analyze(),
         _ => Ok(()),
@@ -106,29 +105,25 @@ pub async fn run(command: RunCommand) -> anyhow::Result<()> {
 }
 
 impl Stack {
-    /// Creates the temp dir under `parent`, the KEK and the database, then
-    /// starts the server and waits until it serves.
-    async fn start(command: &RunCommand, parent: &Path) -> anyhow::Result<Self> {
+    /// Creates the temp dir, the KEK and the database, then starts the
+    /// server and waits until it serves.
+    async fn start(command: &RunCommand) -> anyhow::Result<Self> {
         let leadger = leadger_binary(command.leadger_bin.as_deref())?;
-        let workspace = tempfile::Builder::new()
-            .prefix("leadger-bench-")
-            .tempdir_in(parent)
-            .with_context(|| format!("create a temp dir in {}", parent.display()))?;
-        let kek_file = workspace.path().join("leadger.kek");
-        server::generate_kek(&leadger, &kek_file)?;
-        let database = start_database(command.backend, command.pg_bindir.as_deref(), workspace.path(), parent)?;
+        let workspace = Workspace::prepare(&leadger, command.work_dir.as_deref(), None)?;
+        let database =
+            start_database(command.backend, command.pg_bindir.as_deref(), workspace.path(), &workspace.parent)?;
         let log = command.server_log.clone().unwrap_or_else(|| workspace.path().join("leadger.log"));
         let server = LeadgerServer::start(ServerLaunch {
             binary: &leadger,
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
             database_url: &database.url,
-            kek_file: &kek_file,
+            kek_file: &workspace.kek_file,
             log: &log,
             nats_url: None,
             extra_args: &[],
         })
         .await?;
-        Ok(Self { server, database, _workspace: workspace })
+        Ok(Self { server, database, workspace })
     }
 
     fn watched(&self) -> WatchedProcesses {
@@ -137,6 +132,42 @@ impl Stack {
             postmaster: self.database.cluster.as_ref().and_then(PostgresCluster::postmaster_pid),
             ..WatchedProcesses::default()
         }
+    }
+}
+
+/// A scenario's temp dir under `--work-dir` (the system temp dir by
+/// default), where the `leadger` logs go, and a new key-encryption key in it.
+pub struct Workspace {
+    /// Where the temp dir and the database live (`--work-dir`).
+    pub parent: PathBuf,
+    pub dir: tempfile::TempDir,
+    /// `--log-dir`, created if missing, else the temp dir.
+    pub logs: PathBuf,
+    pub kek_file: PathBuf,
+}
+
+impl Workspace {
+    pub fn prepare(leadger: &Path, work_dir: Option<&Path>, log_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let parent = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let dir = tempfile::Builder::new()
+            .prefix("leadger-bench-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("create a temp dir in {}", parent.display()))?;
+        let logs = match log_dir {
+            Some(logs) => {
+                std::fs::create_dir_all(logs).with_context(|| format!("create {}", logs.display()))?;
+                logs.to_path_buf()
+            }
+            None => dir.path().to_path_buf(),
+        };
+        let kek_file = dir.path().join("leadger.kek");
+        server::generate_kek(leadger, &kek_file)?;
+        Ok(Self { parent, dir, logs, kek_file })
+    }
+
+    /// Where a SQLite log goes; PostgreSQL clusters go under `parent`.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
     }
 }
 
