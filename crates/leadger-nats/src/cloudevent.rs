@@ -31,16 +31,15 @@ pub fn to_cloud_event(event: &RecordedEvent, source: &str) -> Result<OutboundEve
     let public = codec::public_event(&event.event_type, event.schema_version, &event.payload)?;
     // Lead events: `lead.qualified` → `qualified`, about the lead. Agreement
     // events: `sla.policy_defined` → `sla_policy_defined`, about their stream.
-    let (event_name, subject) = match event.event_type.strip_prefix("lead.") {
-        Some(name) => (name.to_string(), event.lead_id.to_string()),
-        None => (event.event_type.replace('.', "_"), SLA_POLICY_SUBJECT.to_string()),
+    let (event_name, ce_subject, is_lead_event) = match event.event_type.strip_prefix("lead.") {
+        Some(name) => (name.to_string(), event.lead_id.to_string(), true),
+        None => (event.event_type.replace('.', "_"), SLA_POLICY_SUBJECT.to_string(), false),
     };
-    let lead_id = subject;
     let ce_type = format!("leads.v1.{}", public.type_name);
 
     let mut data = serde_json::Map::new();
-    if event.event_type.starts_with("lead.") {
-        data.insert("lead_id".to_string(), lead_id.clone().into());
+    if is_lead_event {
+        data.insert("lead_id".to_string(), ce_subject.clone().into());
     }
     if let Some(stage) = public.stage {
         data.insert("stage".to_string(), stage.into());
@@ -54,14 +53,14 @@ pub fn to_cloud_event(event: &RecordedEvent, source: &str) -> Result<OutboundEve
     headers.insert("ce-id", event_id.as_str());
     headers.insert("ce-source", percent_encode(source).as_str());
     headers.insert("ce-type", ce_type.as_str());
-    headers.insert("ce-subject", lead_id.as_str());
+    headers.insert("ce-subject", ce_subject.as_str());
     headers.insert("ce-time", event.occurred_at.to_rfc3339().as_str());
     headers.insert("ce-datacontenttype", "application/json");
     headers.insert("ce-dataschema", format!("urn:leadger:schema:{ce_type}:{PAYLOAD_SCHEMA_VERSION}").as_str());
     headers.insert(POSITION_HEADER, event.position.to_string().as_str());
     headers.insert("ce-leadversion", event.version.to_string().as_str());
     Ok(OutboundEvent {
-        subject: format!("{EVENT_SUBJECT_PREFIX}.{event_name}.{lead_id}"),
+        subject: format!("{EVENT_SUBJECT_PREFIX}.{event_name}.{ce_subject}"),
         headers,
         payload: Bytes::from(serde_json::Value::Object(data).to_string()),
     })
