@@ -380,6 +380,9 @@ pub fn sla_report<'a>(
         Timestamp::from_micros(window.to.as_micros() - 1).unwrap_or(now)
     };
     let starts = month_starts(&zone, first, last);
+    // Every acceptance hand-off, whatever the window: the goals are monthly.
+    let acceptance_handoffs: Vec<Handoff> =
+        journeys.clone().into_iter().flat_map(handoffs).filter(|h| h.kind == HandoffKind::Acceptance).collect();
     let mut months = Vec::new();
     for (i, (label, start)) in starts.iter().enumerate() {
         let end = starts.get(i + 1).map_or(Timestamp::MAX, |(_, next)| *next);
@@ -402,17 +405,14 @@ pub fn sla_report<'a>(
                 let sum = report.won_amount.entry(amount.currency.as_str().to_string()).or_default();
                 *sum = sum.saturating_add(amount.amount_minor);
             }
-            for handoff in handoffs(journey) {
-                if handoff.kind != HandoffKind::Acceptance || !month.contains(handoff.started_at) {
-                    continue;
+        }
+        for handoff in acceptance_handoffs.iter().filter(|h| month.contains(h.started_at)) {
+            match handoff.ended_by {
+                Some(by) => {
+                    report.ended_acceptance += 1;
+                    report.accepted += u64::from(by == Stage::Sql);
                 }
-                match handoff.ended_by {
-                    Some(by) => {
-                        report.ended_acceptance += 1;
-                        report.accepted += u64::from(by == Stage::Sql);
-                    }
-                    None => report.provisional = true,
-                }
+                None => report.provisional = true,
             }
         }
         report.acceptance_rate =
