@@ -170,26 +170,12 @@ impl TestServer {
         };
         let task = match backend {
             Backend::Sqlite => {
-                let log = Arc::new(SqliteLog::connect(&database.url).await.expect("open sqlite"));
-                tokio::spawn(leadger_grpc::serve_with(
-                    log.clone(),
-                    vault,
-                    listener,
-                    config,
-                    with_projector(log),
-                    shutdown,
-                ))
+                let log = SqliteLog::connect(&database.url).await.expect("open sqlite");
+                spawn_with_projector(log, vault, listener, config, shutdown)
             }
             Backend::Postgres => {
-                let log = Arc::new(PostgresLog::connect(&database.url).await.expect("connect postgres"));
-                tokio::spawn(leadger_grpc::serve_with(
-                    log.clone(),
-                    vault,
-                    listener,
-                    config,
-                    with_projector(log),
-                    shutdown,
-                ))
+                let log = PostgresLog::connect(&database.url).await.expect("connect postgres");
+                spawn_with_projector(log, vault, listener, config, shutdown)
             }
         };
         let server = Self { addr, database, stop: Some(stop), task: Some(task) };
@@ -236,18 +222,27 @@ impl Drop for TestServer {
     }
 }
 
-/// The projector running beside the services, as `leadger serve` runs it.
-fn with_projector<L>(log: Arc<L>) -> leadger_grpc::Background
+/// The services on `listener` with the projector beside them, as `leadger
+/// serve` runs them.
+fn spawn_with_projector<L>(
+    log: L,
+    vault: Arc<Vault>,
+    listener: TcpListener,
+    config: leadger_grpc::ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), leadger_grpc::ServeFailure>>
 where
-    L: leadger_store::EventLog + leadger_store::JourneyStore + leadger_store::Leases,
+    L: leadger_store::EventLog + leadger_store::JourneyStore + leadger_store::Leases + leadger_store::Agreements,
 {
+    let log = Arc::new(log);
     let mut background = leadger_grpc::Background::default();
+    let projector_log = log.clone();
     background.companions.push(Box::new(move |appended, stopping| {
         let (applied, _) = tokio::sync::watch::channel(0);
         let config = leadger_projector::ProjectorConfig::default();
-        tokio::spawn(leadger_projector::run_projector(log, config, appended, applied, stopping))
+        tokio::spawn(leadger_projector::run_projector(projector_log, config, appended, applied, stopping))
     }));
-    background
+    tokio::spawn(leadger_grpc::serve_with(log, vault, listener, config, background, shutdown))
 }
 
 /// A gRPC channel to a server on `addr`.
