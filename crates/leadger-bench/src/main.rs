@@ -23,15 +23,20 @@
 //! filled by [`backlog`]; [`cpu`] and [`machine`] describe where the figures
 //! came from and [`report`] prints them.
 
+mod all;
 mod backlog;
 mod cpu;
+mod echo;
+mod freshness;
 mod funnel;
 mod jetstream;
+mod limits;
 mod load;
 mod machine;
 mod measure;
 mod nats_server;
 mod paced;
+mod peers;
 mod postgres;
 mod process;
 mod publication;
@@ -39,6 +44,9 @@ mod rebuild;
 mod report;
 mod scenario;
 mod server;
+mod store_layer;
+mod summary;
+mod svg;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +86,15 @@ enum Mode {
     /// Measure `leadger project --rebuild` on a log of a million events:
     /// events/s and peak RSS.
     Rebuild(rebuild::RebuildCommand),
+    /// Run every scenario, with the limits and the peers beside leadger, and
+    /// write docs/benchmarks.md, its charts and target/bench/results.json.
+    All(all::AllCommand),
+    /// The gRPC echo service `all` measures as the limit (started by it).
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Args, Serialize)]
@@ -208,9 +225,11 @@ async fn interruptible(mode: Mode) -> anyhow::Result<()> {
 async fn run(mode: Mode) -> anyhow::Result<()> {
     match mode {
         Mode::Load(command) => load_external(command).await,
-        Mode::Run(command) => scenario::run(command).await,
-        Mode::Nats(command) => publication::run(command).await,
-        Mode::Rebuild(command) => rebuild::run(command).await,
+        Mode::Run(command) => scenario::run(command).await.map(drop),
+        Mode::Nats(command) => publication::run(command).await.map(drop),
+        Mode::Rebuild(command) => rebuild::run(command).await.map(drop),
+        Mode::All(command) => all::run(command).await,
+        Mode::EchoServer { listen } => echo::serve(listen).await,
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
 use tonic::Status;
 
@@ -79,6 +80,20 @@ type ReadyLeads = Arc<Mutex<VecDeque<LeadInProgress>>>;
 /// Sends commands to `endpoint` at `plan.rate` for the warm-up and the
 /// measured window, then waits for the last answers.
 pub async fn drive(endpoint: &str, plan: &PacedPlan, naming: &Arc<RunNaming>) -> anyhow::Result<PacedRun> {
+    drive_observed(endpoint, plan, naming, None).await
+}
+
+/// Latest acknowledged command, as the answers arrive.
+pub type AckWatch = Arc<watch::Sender<Option<Acknowledged>>>;
+
+/// [`drive`], publishing each acknowledgement to `acks` (when given) as it
+/// arrives, for a prober that reacts to them.
+pub async fn drive_observed(
+    endpoint: &str,
+    plan: &PacedPlan,
+    naming: &Arc<RunNaming>,
+    acks: Option<AckWatch>,
+) -> anyhow::Result<PacedRun> {
     let channels = load::connect(endpoint, plan.connections).await?;
     let ready: ReadyLeads = Arc::default();
     let measured_from = Instant::now() + plan.warmup;
@@ -117,7 +132,7 @@ pub async fn drive(endpoint: &str, plan: &PacedPlan, naming: &Arc<RunNaming>) ->
             }
         });
         let client = Client::new(channels[run.sent as usize % channels.len()].clone());
-        tasks.spawn(send_next_step(client, naming.clone(), lead, ready.clone()));
+        tasks.spawn(send_next_step(client, naming.clone(), lead, ready.clone(), acks.clone()));
         run.sent += 1;
     }
     while let Some(outcome) = tasks.join_next().await {
@@ -159,6 +174,7 @@ async fn send_next_step(
     naming: Arc<RunNaming>,
     mut lead: LeadInProgress,
     ready: ReadyLeads,
+    acks: Option<AckWatch>,
 ) -> Result<Acknowledged, Status> {
     let step = &lead.journey[lead.next_step];
     let request_id = naming.request_id(lead.cursor.number, lead.next_step);
@@ -170,5 +186,9 @@ async fn send_next_step(
     if lead.next_step < lead.journey.len() {
         ready.lock().unwrap_or_else(PoisonError::into_inner).push_back(lead);
     }
-    Ok(Acknowledged { position: result.position, at, latency: at - sent })
+    let acknowledged = Acknowledged { position: result.position, at, latency: at - sent };
+    if let Some(acks) = acks {
+        acks.send_replace(Some(acknowledged));
+    }
+    Ok(acknowledged)
 }

@@ -65,6 +65,12 @@ impl PostgresCluster {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// Creates the empty database `name` and returns its URL.
+    pub fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        process::run(self.client("psql").args(["-X", "-q", "-c", &format!("CREATE DATABASE \"{name}\"")]))?;
+        Ok(format!("postgres://{SUPERUSER}@127.0.0.1:{}/{name}", self.port))
+    }
+
     /// Refreshes the planner's statistics (`ANALYZE`), as autovacuum does on
     /// a database that has been running for a while.
     pub fn analyze(&self) -> anyhow::Result<()> {

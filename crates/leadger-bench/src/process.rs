@@ -78,3 +78,12 @@ pub fn stop_gracefully(child: &mut Child, what: &str, timeout: Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `VmHWM` of `/proc/PID/status`: the kernel's high-water mark of the
+/// process's resident set, in KiB; none once the process has freed its
+/// memory on exit.
+pub fn high_water_mark_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

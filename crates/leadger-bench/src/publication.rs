@@ -270,7 +270,7 @@ struct Bench<'a> {
     naming: Arc<RunNaming>,
 }
 
-pub async fn run(command: NatsCommand) -> anyhow::Result<()> {
+pub async fn run(command: NatsCommand) -> anyhow::Result<PublicationResults> {
     command.check()?;
     let revision = Revision::probe();
     let leadger = scenario::leadger_binary(command.leadger_bin.as_deref())?;
@@ -298,7 +298,8 @@ pub async fn run(command: NatsCommand) -> anyhow::Result<()> {
     drop_workspace(workspace.dir);
     let nats_version = NatsServer::version(&nats_binary);
     PublicationReport::new(revision, &machine, nats_version, command.backend.name(), &command, &results)
-        .publish(command.output_json.as_deref())
+        .publish(command.output_json.as_deref())?;
+    Ok(results)
 }
 
 /// Deletes the temp dir; the database and NATS server in it have stopped.

@@ -40,6 +40,7 @@ use crate::load::RunNaming;
 use crate::machine::{Machine, Revision};
 use crate::measure::median;
 use crate::postgres::PostgresCluster;
+use crate::process::high_water_mark_kib;
 use crate::process::{self, log_tail};
 use crate::report::RebuildReport;
 use crate::scenario::{self, Backend, Database, Workspace};
@@ -160,7 +161,7 @@ struct Stack {
     workspace: Workspace,
 }
 
-pub async fn run(command: RebuildCommand) -> anyhow::Result<()> {
+pub async fn run(command: RebuildCommand) -> anyhow::Result<RebuildResults> {
     command.check()?;
     let revision = Revision::probe();
     let leadger = scenario::leadger_binary(command.leadger_bin.as_deref())?;
@@ -184,7 +185,8 @@ pub async fn run(command: RebuildCommand) -> anyhow::Result<()> {
     let machine = Machine::probe(stack.database.postgres_version.clone(), Some(&stack.workspace.parent));
     drop(stack);
     RebuildReport::new(revision, &machine, command.backend.name(), &command, &results)
-        .publish(command.output_json.as_deref())
+        .publish(command.output_json.as_deref())?;
+    Ok(results)
 }
 
 async fn measure(
@@ -337,14 +339,6 @@ impl Drop for Reaped {
             let _ = self.0.wait();
         }
     }
-}
-
-/// `VmHWM` of `/proc/PID/status`, in KiB; none once the process has freed
-/// its memory on exit.
-fn high_water_mark_kib(pid: u32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|line| line.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Whether our child `pid` has exited: a zombie (`Z`, or `X` while being

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::LoadArgs;
 use crate::cpu::WatchedProcesses;
 use crate::machine::{Machine, Revision};
+use crate::measure::LevelResult;
 use crate::postgres::{self, PostgresCluster};
 use crate::report::Report;
 use crate::server::{self, LeadgerServer, ServerLaunch};
@@ -85,7 +86,17 @@ struct Stack {
     workspace: Workspace,
 }
 
-pub async fn run(command: RunCommand) -> anyhow::Result<()> {
+/// What `run` measured, for `all` to report.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrpcRun {
+    pub backend: &'static str,
+    pub levels: Vec<LevelResult>,
+    /// The server's `VmHWM` after the last level, in KiB (its embedded
+    /// projector included).
+    pub server_peak_rss_kib: Option<u64>,
+}
+
+pub async fn run(command: RunCommand) -> anyhow::Result<GrpcRun> {
     command.load.check()?;
     if command.analyze && !matches!(command.backend, Backend::Postgres) {
         bail!("--analyze is for --backend postgres");
@@ -99,9 +110,11 @@ pub async fn run(command: RunCommand) -> anyhow::Result<()> {
     };
     let backend = command.backend.name();
     let levels = command.load.measure(&stack.server.endpoint(), backend, &stack.watched(), refresh_statistics).await?;
+    let server_peak_rss_kib = stack.server.peak_rss_kib();
     let machine = Machine::probe(stack.database.postgres_version.clone(), Some(&parent));
     drop(stack);
-    Report::new(revision, &machine, backend, &command, &levels).publish(command.load.output_json.as_deref())
+    Report::new(revision, &machine, backend, &command, &levels).publish(command.load.output_json.as_deref())?;
+    Ok(GrpcRun { backend, levels, server_peak_rss_kib })
 }
 
 impl Stack {

@@ -85,6 +85,11 @@ impl LeadgerServer {
         format!("http://{}", self.listen)
     }
 
+    /// The server's peak resident set so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        crate::process::high_water_mark_kib(self.pid())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
