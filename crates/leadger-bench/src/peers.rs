@@ -54,6 +54,12 @@ pub struct PeerResult {
     pub latency_ms: PeerLatency,
     #[serde(default)]
     pub errors: BTreeMap<String, u64>,
+    /// Attempts retried after a concurrency conflict or a stale read
+    /// (warm-up included), as a user of the crate would retry them.
+    #[serde(default)]
+    pub retries: u64,
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -394,14 +394,14 @@ pub fn markdown(r: &AllResults<'_>, charts: &str) -> String {
     );
     let _ = writeln!(
         md,
-        "| store | crates | events/s | p50 ms | p99 ms | p99.9 ms | errors | leadger / this |\n|---|---|--:|--:|--:|--:|--:|--:|"
+        "| store | crates | events/s | p50 ms | p99 ms | p99.9 ms | errors | retries | leadger / this |\n|---|---|--:|--:|--:|--:|--:|--:|--:|"
     );
     let store_rate = r.store.as_ref().map(|s| s.store.events_per_second);
     if let Some(store) = &r.store {
         let s = &store.store;
         let _ = writeln!(
             md,
-            "| leadger store layer | leadger-store {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | 1.00 |",
+            "| leadger store layer | leadger-store {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | - | 1.00 |",
             env!("CARGO_PKG_VERSION"),
             s.events_per_second,
             s.latency_ms.p50,
@@ -414,7 +414,7 @@ pub fn markdown(r: &AllResults<'_>, charts: &str) -> String {
         let crates: Vec<String> = peer.crates.iter().map(|(name, version)| format!("{name} {version}")).collect();
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             peer.peer,
             crates.join(", "),
             peer.events_per_second,
@@ -422,11 +422,17 @@ pub fn markdown(r: &AllResults<'_>, charts: &str) -> String {
             peer.latency_ms.p99,
             peer.latency_ms.p999,
             peer.errors.values().sum::<u64>(),
+            peer.retries,
             store_rate.map_or_else(|| "-".into(), |rate| format!("{:.1}", rate / peer.events_per_second))
         );
     }
     if r.store.is_none() && r.peers.is_empty() {
-        let _ = writeln!(md, "| {NOT_MEASURED} | | | | | | | |");
+        let _ = writeln!(md, "| {NOT_MEASURED} | | | | | | | | |");
+    }
+    for peer in &r.peers {
+        for note in &peer.notes {
+            let _ = writeln!(md, "\n- {}: {note}", peer.peer);
+        }
     }
     let _ = writeln!(md, "\n![store vs peers]({charts}/store-vs-peers.svg)\n");
 

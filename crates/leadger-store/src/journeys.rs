@@ -11,6 +11,9 @@
 
 use std::future::Future;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+
 use leadger_domain::journey::{Journey, Window};
 use leadger_domain::{LeadId, Stage};
 use serde_json::{Value, json};
@@ -48,6 +51,8 @@ pub struct JourneySnapshot {
 
 /// Rows written per statement by a rebuild.
 const REBUILD_CHUNK: usize = 2000;
+/// Chunks a PostgreSQL rebuild writes at a time.
+const REBUILD_WRITERS: usize = 4;
 
 pub trait JourneyStore: Send + Sync + 'static {
     fn journey_cursor(&self) -> impl Future<Output = Result<JourneyCursor, StoreError>> + Send;
@@ -302,10 +307,20 @@ impl JourneyStore for PostgresLog {
         )
         .fetch_one(self.pool())
         .await?;
-        for chunk in journeys.chunks(REBUILD_CHUNK) {
-            let mut tx = self.pool().begin().await?;
-            postgres_upsert(&mut tx, generation, chunk).await?;
-            tx.commit().await?;
+        // Several chunks at a time: the new generation is invisible until
+        // the swap below, so their order does not matter, and the database
+        // writes on every core while this process encodes the next chunk.
+        let mut chunks = journeys.chunks(REBUILD_CHUNK);
+        let mut writing = FuturesUnordered::new();
+        loop {
+            while writing.len() < REBUILD_WRITERS {
+                let Some(chunk) = chunks.next() else { break };
+                writing.push(write_chunk(self.pool(), generation, chunk));
+            }
+            match writing.next().await {
+                Some(written) => written?,
+                None => break,
+            }
         }
         let mut tx = self.pool().begin().await?;
         sqlx::query("UPDATE projections SET generation = $1, position = $2 WHERE name = 'journeys'")
@@ -317,6 +332,14 @@ impl JourneyStore for PostgresLog {
         tx.commit().await?;
         Ok(JourneyCursor { generation, position })
     }
+}
+
+/// One chunk of a rebuild's rows in a transaction of its own.
+async fn write_chunk(pool: &sqlx::PgPool, generation: i64, chunk: &[Journey]) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    postgres_upsert(&mut tx, generation, chunk).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn postgres_upsert(
