@@ -49,6 +49,10 @@ pub struct RunCommand {
     /// than none.)
     #[arg(long)]
     analyze: bool,
+    /// An argument for `leadger serve`, e.g. `--server-arg=--no-projector`;
+    /// repeat for more.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -133,7 +137,7 @@ impl Stack {
             kek_file: &workspace.kek_file,
             log: &log,
             nats_url: None,
-            extra_args: &[],
+            extra_args: &command.server_arg,
         })
         .await?;
         Ok(Self { server, database, workspace })

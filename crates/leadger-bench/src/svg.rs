@@ -11,7 +11,7 @@ const HEIGHT: f64 = 360.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 170.0;
 const TOP: f64 = 40.0;
-const BOTTOM: f64 = 50.0;
+const BOTTOM: f64 = 80.0;
 const COLORS: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
 
 /// One named series: a value per category (`None`: not measured).
@@ -120,13 +120,17 @@ impl Chart<'_> {
         }
         let step = self.plot_width() / self.categories.len().max(1) as f64;
         for (at, category) in self.categories.iter().enumerate() {
-            let _ = writeln!(
-                svg,
-                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-                LEFT + step * (at as f64 + 0.5),
-                HEIGHT - BOTTOM + 18.0,
-                escape(category)
-            );
+            // Long labels slant, so that neighbours do not overlap.
+            let (x, y) = (LEFT + step * (at as f64 + 0.5), HEIGHT - BOTTOM + 18.0);
+            let _ = if category.len() > 6 {
+                writeln!(
+                    svg,
+                    r#"<text transform="translate({x:.1} {y}) rotate(-20)" text-anchor="end">{}</text>"#,
+                    escape(category)
+                )
+            } else {
+                writeln!(svg, r#"<text x="{x:.1}" y="{y}" text-anchor="middle">{}</text>"#, escape(category))
+            };
         }
         let _ = writeln!(
             svg,
@@ -175,11 +179,17 @@ fn nice_ceiling(value: f64) -> f64 {
         return 1.0;
     }
     let power = 10f64.powf(value.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * power).find(|&c| c >= value).unwrap_or(10.0 * power)
+    [1.0, 1.2, 1.6, 2.0, 2.4, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
+        .iter()
+        .map(|m| m * power)
+        .find(|&c| c >= value * (1.0 - 1e-9))
+        .unwrap_or(10.0 * power)
 }
 
 fn format_value(value: f64) -> String {
-    if value >= 100.0 {
+    if value == 0.0 {
+        "0".to_string()
+    } else if value >= 100.0 {
         format!("{value:.0}")
     } else if value >= 1.0 {
         format!("{value:.2}")
@@ -199,8 +209,9 @@ mod tests {
     #[test]
     fn ceilings_are_round() {
         assert_eq!(nice_ceiling(0.0), 1.0);
-        assert_eq!(nice_ceiling(7.0), 10.0);
-        assert_eq!(nice_ceiling(10_898.0), 20_000.0);
+        assert_eq!(nice_ceiling(7.0), 8.0);
+        assert_eq!(nice_ceiling(10_898.0), 12_000.0);
+        assert_eq!(nice_ceiling(63_500.0), 80_000.0);
         assert_eq!(nice_ceiling(0.42), 0.5);
     }
 

@@ -248,7 +248,14 @@ impl JourneyStore for PostgresLog {
     async fn load_journeys(&self, generation: i64, leads: &[LeadId]) -> Result<Vec<Journey>, StoreError> {
         let ids: Vec<Uuid> = leads.iter().map(LeadId::as_uuid).collect();
         let rows: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT lead_id, journey FROM journeys WHERE generation = $1 AND lead_id = ANY($2)")
+            // One primary-key probe per lead. `lead_id = ANY($2)` let the
+            // planner, without statistics on a young table, scan every row
+            // of the generation for each batch (docs/benchmark-analysis.md).
+            sqlx::query_as(
+                "SELECT j.lead_id, j.journey FROM UNNEST($2::uuid[]) AS k(id)
+                 CROSS JOIN LATERAL (SELECT lead_id, journey FROM journeys
+                                     WHERE generation = $1 AND lead_id = k.id LIMIT 1) j",
+            )
                 .bind(generation)
                 .bind(&ids)
                 .fetch_all(self.pool())
@@ -263,6 +270,10 @@ impl JourneyStore for PostgresLog {
         journeys: &[Journey],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
+        // Rows and cursor commit together, so a crash that loses this
+        // commit only moves the cursor back: the projector applies the
+        // events again. No need to wait for the WAL flush.
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
         let moved = sqlx::query(
             "UPDATE projections SET position = $1 WHERE name = 'journeys' AND generation = $2 AND position = $3",
         )
