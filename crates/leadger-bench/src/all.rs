@@ -346,9 +346,14 @@ async fn comparison(
         let source = SourceRows::read(&url).await?;
         let median_batch = source.median_batch(0);
         let mut raw_inserts = Vec::new();
-        for (batch, writers) in
-            [(1, command.writers), (median_batch, command.raw_batch_writers), (500, command.raw_batch_writers)]
-        {
+        // One batch in flight is what a log with positions in commit order
+        // allows (leadger's append lock); several are the database's limit.
+        for (batch, writers) in [
+            (1, command.writers),
+            (median_batch, 1),
+            (median_batch, command.raw_batch_writers),
+            (500, command.raw_batch_writers),
+        ] {
             eprintln!("== 2. raw inserts, {batch} commands per transaction, {writers} at a time");
             let url = cluster.create_database(&format!("raw_{batch}_{writers}"))?;
             leadger_store::PostgresLog::connect(&url).await.context("create leadger's schema")?;
