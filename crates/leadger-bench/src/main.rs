@@ -15,8 +15,16 @@
 //!   million events and times `leadger project --rebuild` on it: events/s
 //!   and the rebuilding process's peak RSS.
 //!
-//! Modules: [`funnel`] decides what each lead goes through, [`load`] sends it
-//! (and [`paced`] at a fixed rate) and [`measure`] keeps the figures;
+//! - `leadger-bench all` runs every scenario in one go, with the limits
+//!   (a gRPC echo service, raw inserts of leadger's rows) and the peer
+//!   event stores (`bench/peers`) beside leadger, and writes
+//!   docs/benchmarks.md, its charts and target/bench/results.json.
+//!
+//! Modules: [`all`] runs everything and [`summary`] and [`svg`] write the
+//! report; [`echo`], [`limits`], [`store_layer`], [`peers`] and
+//! [`freshness`] are the scenarios only `all` runs; [`funnel`] decides
+//! what each lead goes through, [`load`] sends it (and [`paced`] at a fixed
+//! rate) and [`measure`] keeps the figures;
 //! [`postgres`], [`server`] and [`nats_server`] own the child processes of
 //! `run` ([`scenario`]), `nats` ([`publication`], with [`jetstream`] for
 //! the JetStream side) and `rebuild` ([`rebuild`]), the last two on a log
