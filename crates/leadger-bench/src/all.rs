@@ -28,6 +28,7 @@ use crate::nats_server::{self, NatsServer};
 use crate::paced::PacedPlan;
 use crate::peers::{self, PeerPlan, PeerResult};
 use crate::postgres::{self, PostgresCluster};
+use crate::process;
 use crate::publication::{self, NatsCommand, PublicationResults};
 use crate::rebuild::{self, RebuildCommand, RebuildResults};
 use crate::scenario::{self, Backend, GrpcRun, RunCommand, Workspace};
@@ -56,13 +57,13 @@ pub struct AllCommand {
     clients: Vec<usize>,
     /// Measured seconds of each level and in-process run.
     #[arg(long, default_value_t = 5)]
-    duration_secs: u64,
+    pub duration_secs: u64,
     /// Unmeasured seconds before each.
     #[arg(long, default_value_t = 1)]
-    warmup_secs: u64,
+    pub warmup_secs: u64,
     /// Concurrent writers of the in-process store layer and of each peer.
     #[arg(long, default_value_t = 64)]
-    writers: usize,
+    pub writers: usize,
     /// Transactions in flight at once in the batched raw inserts.
     #[arg(long, default_value_t = 4)]
     raw_batch_writers: usize,
@@ -117,18 +118,6 @@ pub struct AllCommand {
 }
 
 impl AllCommand {
-    pub fn writers(&self) -> usize {
-        self.writers
-    }
-
-    pub fn warmup_secs(&self) -> u64 {
-        self.warmup_secs
-    }
-
-    pub fn duration_secs(&self) -> u64 {
-        self.duration_secs
-    }
-
     fn runs(&self, scenario: Scenario) -> bool {
         !self.skip.contains(&scenario)
     }
@@ -293,7 +282,7 @@ pub async fn run(command: AllCommand) -> anyhow::Result<()> {
 /// where missing, as the tests install them.
 fn install_tools() -> anyhow::Result<()> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/install-tools.sh");
-    peers::run_step(Command::new("bash").arg(script))
+    process::run_step(Command::new("bash").arg(script))
 }
 
 /// `cargo build --release -p leadger` in the source tree of this harness,
@@ -304,7 +293,9 @@ fn build_leadger(command: &AllCommand) -> anyhow::Result<()> {
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    peers::run_step(Command::new(cargo).args(["build", "--release", "-p", "leadger", "--manifest-path"]).arg(manifest))
+    process::run_step(
+        Command::new(cargo).args(["build", "--release", "-p", "leadger", "--manifest-path"]).arg(manifest),
+    )
 }
 
 /// Scenario 2, the gRPC limit: the echo service driven like leadger.
@@ -344,7 +335,7 @@ async fn comparison(
         let store = store_layer::run(&url, &workspace.kek_file, &plan, &watched).await?;
         eprintln!("store layer: {:.0} events/s, p99 {:.2} ms", store.events_per_second, store.latency_ms.p99);
         let source = SourceRows::read(&url).await?;
-        let median_batch = source.median_batch(0);
+        let median_batch = source.median_batch();
         let mut raw_inserts = Vec::new();
         // One batch in flight is what a log with positions in commit order
         // allows (leadger's append lock); several are the database's limit.

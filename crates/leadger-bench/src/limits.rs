@@ -155,12 +155,12 @@ impl SourceRows {
         Ok(Self(Arc::new(rows)))
     }
 
-    /// The median number of commands per commit batch in the source: its
+    /// The median number of commands per commit batch in the source: the
     /// events of one batch share their `recorded_at_us` (the batch's clock
-    /// reading), after `skip_before` (a warm-up) and up to its end.
-    pub fn median_batch(&self, skip_before_position: i64) -> usize {
+    /// reading).
+    pub fn median_batch(&self) -> usize {
         let mut sizes: HashMap<i64, usize> = HashMap::new();
-        for rows in self.0.iter().filter(|rows| rows.position > skip_before_position) {
+        for rows in self.0.iter() {
             *sizes.entry(rows.recorded_at_us).or_default() += 1;
         }
         let mut sizes: Vec<usize> = sizes.into_values().collect();

@@ -29,16 +29,8 @@ pub fn build() -> anyhow::Result<PathBuf> {
     let dir = workspace();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building the peer driver in {}…", dir.display());
-    run_step(Command::new(cargo).args(["build", "--release", "--manifest-path"]).arg(dir.join("Cargo.toml")))?;
+    process::run_step(Command::new(cargo).args(["build", "--release", "--manifest-path"]).arg(dir.join("Cargo.toml")))?;
     Ok(dir.join("target/release/leadger-peers"))
-}
-
-/// Runs a build or install step to completion, its progress on our stderr.
-pub fn run_step(command: &mut Command) -> anyhow::Result<()> {
-    let shown = process::describe(command);
-    let status = command.status().with_context(|| format!("start `{shown}`"))?;
-    anyhow::ensure!(status.success(), "`{shown}` failed ({status})");
-    Ok(())
 }
 
 /// What `leadger-peers` printed for one peer.

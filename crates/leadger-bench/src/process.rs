@@ -87,3 +87,11 @@ pub fn high_water_mark_kib(pid: u32) -> Option<u64> {
     let line = text.lines().find(|line| line.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Runs a build or install step to completion, its progress on our stderr.
+pub fn run_step(command: &mut Command) -> anyhow::Result<()> {
+    let shown = describe(command);
+    let status = command.status().with_context(|| format!("start `{shown}`"))?;
+    anyhow::ensure!(status.success(), "`{shown}` failed ({status})");
+    Ok(())
+}

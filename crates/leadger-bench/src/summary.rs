@@ -225,7 +225,7 @@ pub fn charts(r: &AllResults<'_>) -> Vec<(String, String)> {
         }
     }
     if !names.is_empty() {
-        let title = format!("Events/s in process on PostgreSQL, {} writers", r.parameters.writers());
+        let title = format!("Events/s in process on PostgreSQL, {} writers", r.parameters.writers);
         charts.push((
             "store-vs-peers.svg".to_string(),
             Chart {
@@ -311,8 +311,7 @@ pub fn markdown(r: &AllResults<'_>, charts: &str) -> String {
         "The release `leadger serve` (with its projector) on a fresh database, driven by `--clients` tokio tasks over 4 HTTP/2 connections; each task drives \
          one lead at a time and waits for each answer. {} s warm-up, then {} s measured per level; all levels share one server and database. CPU columns are \
          cores kept busy, from `/proc`.\n",
-        r.parameters.warmup_secs(),
-        r.parameters.duration_secs()
+        r.parameters.warmup_secs, r.parameters.duration_secs
     );
     let _ = writeln!(md, "![throughput]({charts}/throughput.svg)\n");
     let _ = writeln!(md, "### PostgreSQL\n\n{}", markdown_table(&r.grpc_postgres.levels));
@@ -406,9 +405,7 @@ pub fn markdown(r: &AllResults<'_>, charts: &str) -> String {
          one command after the other), on the same PostgreSQL cluster, each in a fresh database, {} s warm-up and {} s measured. leadger: a `CommandGateway` \
          in front of its group committer on `PostgresLog` (with its personal-data encryption). The peers (`bench/peers`, its own Cargo workspace since they \
          pin sqlx 0.8) commit one transaction per command, as their APIs do.\n",
-        r.parameters.writers(),
-        r.parameters.warmup_secs(),
-        r.parameters.duration_secs()
+        r.parameters.writers, r.parameters.warmup_secs, r.parameters.duration_secs
     );
     let _ = writeln!(
         md,
