@@ -25,6 +25,8 @@ if ! pg_bindir >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
 fi
 PG_BIN="$(pg_bindir)" || { echo "tests/install-tools.sh: no initdb under /usr/lib/postgresql/*/bin even after installing postgresql" >&2; exit 1; }
+# Exported for tests that run a PostgreSQL cluster of their own (tests/src/faults.rs).
+export PG_BIN
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "tests/install-tools.sh: installing cargo-nextest" >&2

@@ -29,8 +29,9 @@ as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust --no-sync >/de
 # Durability settings are relaxed for speed: the tests kill processes, not
 # the machine. Benchmarks use a durable cluster of their own.
 as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 start \
-    -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$PG_DIR -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$PG_DIR -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_recycle=off" >/dev/null
 export LEADGER_TEST_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 echo "tests/run.sh: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on port $PG_PORT" >&2
 
+bash tests/fuzz.sh
 cargo nextest run --workspace --no-fail-fast "$@"

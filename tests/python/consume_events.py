@@ -61,6 +61,7 @@ EVENT_OF_TYPE = {
     "leads.v1.LeadRejected": "rejected",
     "leads.v1.LeadClosed": "closed",
     "leads.v1.LeadFeedbackRecorded": "feedback_recorded",
+    "leads.v1.LeadErased": "erased",
     "leads.v1.SlaPolicyDefined": "sla_policy_defined",
 }
 

@@ -29,6 +29,7 @@ use tonic::transport::Channel;
 
 pub use leadger_proto::leads::v1 as pb;
 
+pub mod faults;
 pub mod nats;
 pub mod workload;
 
@@ -329,6 +330,11 @@ impl ServerProcess {
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
         terminate(&mut self.child).await
+    }
+
+    /// SIGKILL: the server dies wherever it is, with batches in flight.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        Ok(self.child.kill().await?)
     }
 }
 

@@ -42,6 +42,11 @@ impl NatsServer {
         server
     }
 
+    /// The JetStream store directory, where published messages are kept.
+    pub fn store_dir(&self) -> &std::path::Path {
+        self.store.path()
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

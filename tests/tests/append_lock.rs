@@ -30,6 +30,7 @@ fn capture(email: &str) -> PendingCommand {
             request_id: None,
             request_hash: String::new(),
             correlation_id: None,
+            roles: leadger_domain::Roles::ALL,
         },
     }
 }

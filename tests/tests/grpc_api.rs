@@ -310,6 +310,23 @@ async fn invalid_fields_are_named(backend: Backend) {
         Code::InvalidArgument,
     );
     assert_eq!(violated_fields(&status), ["assignee"]);
+    for (score, occurred_at, fields) in [
+        (Some(101), None, vec!["score"]),
+        (Some(i32::MIN), None, vec!["score"]),
+        (Some(50), Some(prost_types::Timestamp { seconds: 0, nanos: -1 }), vec!["occurred_at"]),
+        (Some(50), Some(prost_types::Timestamp { seconds: i64::MIN, nanos: 0 }), vec!["occurred_at"]),
+        (Some(50), Some(prost_types::Timestamp { seconds: 1, nanos: 1_000_000_000 }), vec!["occurred_at"]),
+    ] {
+        let request = pb::QualifyLeadRequest {
+            lead_id: lead.id.clone(),
+            score,
+            occurred_at,
+            assignee: "ana".into(),
+            ..Default::default()
+        };
+        let status = expect_code(commands.qualify_lead(request).await, Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), fields, "{score:?} {occurred_at:?}");
+    }
     let mut queries = server.queries().await;
     let status =
         expect_code(queries.get_lead(pb::GetLeadRequest { lead_id: "42".into() }).await, Code::InvalidArgument);
@@ -337,6 +354,7 @@ async fn undecodable_and_oversized_requests(backend: Backend) {
     let invalid_utf8 = vec![0x2a, 0x02, 0xff, 0xfe];
     let status = send_raw(&server, "/leads.v1.LeadCommandService/CaptureLead", invalid_utf8).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("email"), "the message names the field: {}", status.message());
     let truncated = vec![0x2a, 0x10, b'a'];
     let status = send_raw(&server, "/leads.v1.LeadCommandService/CaptureLead", truncated).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

@@ -2,7 +2,10 @@
 //! sequences, in random commit batches, go through the real store (SQLite
 //! file, PostgreSQL database); each result, and each lead's state rebuilt from
 //! the persisted JSON, must equal what an independent state machine written
-//! here predicts. Versions and positions must stay contiguous.
+//! here predicts. Versions and positions must stay contiguous. Commands come
+//! from several clients with different roles (every role, marketing, sales),
+//! some with request ids that repeat, so idempotent replay, request-id reuse
+//! and role refusals are checked against the model too.
 
 use std::collections::HashMap;
 
@@ -26,11 +29,42 @@ struct Op {
     email: usize,
     rep: Option<usize>,
     note: bool,
+    /// 0: every role, 1: marketing, 2: sales.
+    client: usize,
+    /// An idempotency key from a small pool, so keys repeat.
+    request: Option<u8>,
+}
+
+const CLIENTS: usize = 3;
+
+fn roles_of(client: usize) -> leadger_domain::Roles {
+    use leadger_domain::{Role, Roles};
+    match client {
+        0 => Roles::ALL,
+        1 => Roles::of([Role::Marketing]),
+        _ => Roles::of([Role::Sales]),
+    }
+}
+
+/// What the request hash covers: the request as the client sent it.
+fn request_hash(op: &Op) -> String {
+    format!("{}/{}/{}/{:?}/{}", op.lead, op.kind, op.email, op.rep, op.note)
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    (0..LEADS, 0u8..8, 0usize..2, proptest::option::of(0usize..2), any::<bool>())
-        .prop_map(|(lead, kind, email, rep, note)| Op { lead, kind, email, rep, note })
+    (
+        (0..LEADS, 0u8..8, 0usize..2, proptest::option::of(0usize..2), any::<bool>()),
+        (0..CLIENTS, proptest::option::of(0u8..4)),
+    )
+        .prop_map(|((lead, kind, email, rep, note), (client, request))| Op {
+            lead,
+            kind,
+            email,
+            rep,
+            note,
+            client,
+            request,
+        })
 }
 
 fn batches() -> impl Strategy<Value = Vec<Vec<Op>>> {
@@ -100,15 +134,48 @@ enum Refusal {
     NotSeen,
     OwnerRequired,
     EmailTaken,
+    NotPermitted,
+    RequestIdReused,
 }
+
+/// The answer to a command: stage, version and whether it was a replay.
+type Answer = (&'static str, u64, bool);
 
 #[derive(Default)]
 struct Model {
     leads: HashMap<usize, ModelLead>,
+    /// Successful requests by (client, request id): their hash and answer.
+    receipts: HashMap<(usize, u8), (String, &'static str, u64)>,
 }
 
 impl Model {
-    fn apply(&mut self, op: &Op) -> Result<(&'static str, u64), Refusal> {
+    fn apply(&mut self, op: &Op) -> Result<Answer, Refusal> {
+        let key = op.request.map(|request| (op.client, request));
+        if let Some((hash, stage, version)) = key.and_then(|key| self.receipts.get(&key)) {
+            return if *hash == request_hash(op) { Ok((stage, *version, true)) } else { Err(Refusal::RequestIdReused) };
+        }
+        let stage = self.leads.get(&op.lead).map(|lead| lead.stage);
+        if !Self::permitted(op.client, op.kind, stage) {
+            return Err(Refusal::NotPermitted);
+        }
+        let (stage, version) = self.decide(op)?;
+        if let Some(key) = key {
+            self.receipts.insert(key, (request_hash(op), stage, version));
+        }
+        Ok((stage, version, false))
+    }
+
+    /// Marketing captures, qualifies, assigns and closes LOST its own leads
+    /// (CAPTURED, REJECTED); sales does the rest but capture and qualify.
+    fn permitted(client: usize, kind: u8, stage: Option<&str>) -> bool {
+        match client {
+            0 => true,
+            1 => matches!(kind, 0..=2) || (kind == 6 && matches!(stage, Some("CAPTURED" | "REJECTED"))),
+            _ => !matches!(kind, 0 | 1),
+        }
+    }
+
+    fn decide(&mut self, op: &Op) -> Result<(&'static str, u64), Refusal> {
         let rep = op.rep.map(|r| format!("rep-{r}"));
         if op.kind == 0 {
             if self.leads.contains_key(&op.lead) {
@@ -168,6 +235,8 @@ fn refusal_of(error: &CommandError) -> Option<Refusal> {
         CommandError::Domain(DomainError::NotSeenBySales { .. }) => Refusal::NotSeen,
         CommandError::Domain(DomainError::OwnerRequired) => Refusal::OwnerRequired,
         CommandError::EmailTaken { .. } => Refusal::EmailTaken,
+        CommandError::Domain(DomainError::NotPermitted { .. }) => Refusal::NotPermitted,
+        CommandError::RequestIdReused { .. } => Refusal::RequestIdReused,
         _ => return None,
     })
 }
@@ -183,10 +252,11 @@ async fn check<L: EventLog>(log: &L, vault: &Vault, batches: &[Vec<Op>]) -> Resu
             .map(|op| PendingCommand {
                 command: command(op, lead_ids[op.lead]),
                 origin: Origin {
-                    client_id: "model".into(),
-                    request_id: None,
-                    request_hash: String::new(),
+                    client_id: format!("client-{}", op.client),
+                    request_id: op.request.map(|request| format!("request-{request}")),
+                    request_hash: request_hash(op),
                     correlation_id: None,
+                    roles: roles_of(op.client),
                 },
             })
             .collect();
@@ -196,11 +266,15 @@ async fn check<L: EventLog>(log: &L, vault: &Vault, batches: &[Vec<Op>]) -> Resu
         prop_assert_eq!(outcomes.len(), batch.len());
         for (op, outcome) in batch.iter().zip(outcomes) {
             match (model.apply(op), outcome) {
-                (Ok((stage, version)), Ok(CommandOutcome { stage: got, version: got_version, position, .. })) => {
-                    appended += 1;
+                (Ok((stage, version, replay)), Ok(outcome)) => {
+                    let CommandOutcome { stage: got, version: got_version, position, replayed, .. } = outcome;
                     prop_assert_eq!(got.as_str(), stage, "{:?}", op);
                     prop_assert_eq!(got_version, version);
-                    prop_assert_eq!(position, appended, "positions are contiguous");
+                    prop_assert_eq!(replayed, replay, "{:?}", op);
+                    if !replay {
+                        appended += 1;
+                        prop_assert_eq!(position, appended, "positions are contiguous");
+                    }
                 }
                 (Err(expected), Err(error)) => {
                     prop_assert_eq!(refusal_of(&error), Some(expected), "{:?}: {}", op, error)

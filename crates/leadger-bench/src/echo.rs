@@ -97,6 +97,11 @@ impl LeadCommandService for Echo {
         }))
     }
 
+    async fn erase_lead(&self, request: Request<pb::EraseLeadRequest>) -> Answer<pb::EraseLeadResponse> {
+        let r = request.into_inner();
+        Ok(Response::new(pb::EraseLeadResponse { result: self.result(&r.lead_id, r.expected_version, pb::Stage::Sql) }))
+    }
+
     async fn define_sla_policy(
         &self,
         _request: Request<pb::DefineSlaPolicyRequest>,

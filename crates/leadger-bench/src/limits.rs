@@ -55,10 +55,11 @@ impl CommandRows {
         let rows = sqlx::query(
             "SELECT e.position, e.event_id, e.stream_id, e.version, e.event_type, e.schema_version,
                     e.payload::text, e.metadata::text, e.occurred_at_us, e.recorded_at_us,
-                    l.stage, l.seen_by_sales, l.assignee, l.owner, l.email_index, l.wrapped_key,
+                    l.stage, l.seen_by_sales, l.assignee, l.owner, l.email_index, k.wrapped_key,
                     r.client_id, r.request_id, r.request_hash
              FROM events e
              JOIN leads l ON l.lead_id = e.stream_id
+             LEFT JOIN lead_keys k ON k.lead_id = e.stream_id
              JOIN receipts r ON r.position = e.position
              ORDER BY e.position",
         )
@@ -242,13 +243,17 @@ async fn write_batch(pool: &PgPool, commands: &[CommandRows]) -> anyhow::Result<
              FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::int[], $7::text[], $8::text[], $9::bigint[], $10::bigint[])
                  AS r(p, e, s, v, t, sv, pl, md, oa, ra)
          ), heads AS (
-             INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key)
-             SELECT l, st, v, sb, oa, a, o, ei, NULL, wk
+             INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref)
+             SELECT l, st, v, sb, oa, a, o, ei, NULL
              FROM UNNEST($11::uuid[], $12::text[], $13::bigint[], $14::boolean[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[])
                  AS h(l, st, v, sb, oa, a, o, ei, wk)
              ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
                  seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
                  assignee = excluded.assignee, owner = excluded.owner
+         ), new_keys AS (
+             INSERT INTO lead_keys (lead_id, wrapped_key)
+             SELECT l, wk FROM UNNEST($11::uuid[], $19::text[]) AS k(l, wk) WHERE wk IS NOT NULL
+             ON CONFLICT (lead_id) DO NOTHING
          )
          INSERT INTO receipts (client_id, request_id, request_hash, lead_id, version, position, stage, created_at_us)
          SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $3::uuid[], $4::bigint[], $1::bigint[], $23::text[], $10::bigint[])",

@@ -212,6 +212,7 @@ fn pending_command(
             request_id: Some(request_id),
             request_hash,
             correlation_id: None,
+            roles: leadger_domain::Roles::ALL,
         },
     })
 }

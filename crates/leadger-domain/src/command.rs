@@ -30,6 +30,11 @@ pub enum Action {
     Reject(Rejection),
     Close(Closing),
     RecordFeedback(Feedback),
+    /// GDPR erasure: the lead's personal data becomes unreadable for good.
+    /// `reason` is an operator's reference (a ticket id), never personal data.
+    Erase {
+        reason: Option<Label>,
+    },
 }
 
 impl Action {
@@ -43,6 +48,7 @@ impl Action {
             Self::Close(closing) if closing.outcome.is_won() => CommandKind::CloseLeadWon,
             Self::Close(_) => CommandKind::CloseLeadLost,
             Self::RecordFeedback(_) => CommandKind::RecordFeedback,
+            Self::Erase { .. } => CommandKind::EraseLead,
         }
     }
 }
@@ -59,10 +65,11 @@ pub enum CommandKind {
     CloseLeadWon,
     CloseLeadLost,
     RecordFeedback,
+    EraseLead,
 }
 
 impl CommandKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::CaptureLead,
         Self::QualifyLead,
         Self::AssignLead,
@@ -71,6 +78,7 @@ impl CommandKind {
         Self::CloseLeadWon,
         Self::CloseLeadLost,
         Self::RecordFeedback,
+        Self::EraseLead,
     ];
 }
 
@@ -85,6 +93,7 @@ impl fmt::Display for CommandKind {
             Self::CloseLeadWon => "CloseLead (outcome WON)",
             Self::CloseLeadLost => "CloseLead (outcome LOST)",
             Self::RecordFeedback => "RecordFeedback",
+            Self::EraseLead => "EraseLead",
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The two ways a command can be refused: its input is invalid, or the lead's
 //! lifecycle does not allow it.
 
-use crate::{CommandKind, LeadId, Stage, Timestamp};
+use crate::{CommandKind, LeadId, Roles, Stage, Timestamp};
 
 /// A field of a command broke a rule; `field` is the request field's name
 /// (e.g. `email`, `reason_codes[2]`) so a client can point at it.
@@ -37,8 +37,16 @@ pub enum DomainError {
         "occurred_at {occurred_at} is before the lead's previous event at {previous}; a lead's business time never goes backwards"
     )]
     OccurredBeforePrevious { occurred_at: Timestamp, previous: Timestamp },
+    #[error("the personal data of lead {0} was erased; an erased lead takes no further command")]
+    LeadErased(LeadId),
     #[error("owner is required: the lead has no assignee to default to")]
     OwnerRequired,
+    #[error("{command} is not permitted to a caller with roles {roles}{}", in_stage(.stage))]
+    NotPermitted { command: CommandKind, stage: Option<Stage>, roles: Roles },
+}
+
+fn in_stage(stage: &Option<Stage>) -> String {
+    stage.map(|stage| format!(" on a lead in stage {stage}")).unwrap_or_default()
 }
 
 impl DomainError {

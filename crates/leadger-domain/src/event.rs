@@ -15,11 +15,20 @@ pub struct LeadEvent {
 pub enum LeadEventKind {
     Captured(LeadDetails),
     Qualified(Qualification),
-    Assigned { assignee: Label },
-    Accepted { owner: Label },
+    Assigned {
+        assignee: Label,
+    },
+    Accepted {
+        owner: Label,
+    },
     Rejected(Rejection),
     Closed(Closing),
     FeedbackRecorded(Feedback),
+    /// The lead's personal data was erased (its data key destroyed); its
+    /// stage and history stay. `reason` is an operator's reference.
+    Erased {
+        reason: Option<Label>,
+    },
 }
 
 impl LeadEventKind {
@@ -33,6 +42,7 @@ impl LeadEventKind {
             Self::Rejected(_) => "rejected",
             Self::Closed(_) => "closed",
             Self::FeedbackRecorded(_) => "feedback_recorded",
+            Self::Erased { .. } => "erased",
         }
     }
 }

@@ -43,6 +43,9 @@ pub enum JourneyStep {
     FeedbackRecorded {
         rating: u8,
     },
+    /// The lead's personal data was erased; a journey holds none, so it
+    /// keeps counting as it was.
+    Erased,
 }
 
 /// One entry of a lead into a stage.
@@ -131,6 +134,7 @@ impl Journey {
                 self.ratings.push(*rating);
                 None
             }
+            JourneyStep::Erased => None,
         };
         if let Some(stage) = entered {
             self.entries.push(StageEntry { stage, at, recorded_at });

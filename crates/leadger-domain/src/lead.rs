@@ -54,6 +54,8 @@ impl Stage {
             C::CloseLeadLost => !self.is_terminal(),
             // Further gated on the lead having been seen by sales.
             C::RecordFeedback => true,
+            // Erasure is a right of the person, whatever the lead's stage.
+            C::EraseLead => true,
         }
     }
 }
@@ -75,6 +77,8 @@ pub struct Lead {
     pub last_occurred_at: Timestamp,
     pub assignee: Option<Label>,
     pub owner: Option<Label>,
+    /// Its personal data was erased: it takes no further command.
+    pub erased: bool,
 }
 
 /// Decides the event a command produces on a lead (`None`: no such lead yet),
@@ -101,6 +105,11 @@ pub fn decide(lead: Option<&Lead>, command: &Command, now: Timestamp) -> Result<
     if kind == CommandKind::CaptureLead {
         return Err(DomainError::LeadAlreadyExists(command.lead_id));
     }
+    // Whatever would be said about an erased lead (a note, a comment, its
+    // next stage) would concern a person who asked to be forgotten.
+    if lead.erased {
+        return Err(DomainError::LeadErased(command.lead_id));
+    }
     if !lead.stage.allows(kind) {
         return Err(DomainError::NotAllowed { stage: lead.stage, command: kind });
     }
@@ -120,6 +129,7 @@ pub fn decide(lead: Option<&Lead>, command: &Command, now: Timestamp) -> Result<
         Action::Reject(rejection) => LeadEventKind::Rejected(rejection.clone()),
         Action::Close(closing) => LeadEventKind::Closed(closing.clone()),
         Action::RecordFeedback(feedback) => LeadEventKind::FeedbackRecorded(feedback.clone()),
+        Action::Erase { reason } => LeadEventKind::Erased { reason: reason.clone() },
     };
     Ok(LeadEvent { occurred_at, kind })
 }
@@ -134,6 +144,7 @@ pub fn evolve(lead: Option<Lead>, event: &LeadEvent) -> Lead {
         last_occurred_at: event.occurred_at,
         assignee: None,
         owner: None,
+        erased: false,
     });
     lead.version += 1;
     lead.last_occurred_at = lead.last_occurred_at.max(event.occurred_at);
@@ -155,6 +166,7 @@ pub fn evolve(lead: Option<Lead>, event: &LeadEvent) -> Lead {
             lead.stage = if closing.outcome.is_won() { Stage::Won } else { Stage::Lost };
         }
         LeadEventKind::FeedbackRecorded(_) => {}
+        LeadEventKind::Erased { .. } => lead.erased = true,
     }
     lead
 }

@@ -13,7 +13,8 @@
 //! [`journey`] holds the read-model math: each lead's path through the funnel
 //! and the funnel, conversion and lead-quality figures computed from it;
 //! [`sla`] the service-level agreement, [`calendar`] its working time and
-//! [`handoff`] the hand-offs it judges and the SLA report.
+//! [`handoff`] the hand-offs it judges and the SLA report. [`Role`]s say who
+//! in smarketing may issue which command.
 
 pub mod calendar;
 mod command;
@@ -22,6 +23,7 @@ mod event;
 pub mod handoff;
 pub mod journey;
 mod lead;
+mod roles;
 pub mod sla;
 mod values;
 
@@ -29,6 +31,7 @@ pub use command::{Action, Command, CommandKind};
 pub use error::{DomainError, ValidationError};
 pub use event::{CloseOutcome, Closing, Feedback, LeadDetails, LeadEvent, LeadEventKind, Qualification, Rejection};
 pub use lead::{Lead, LeadProfile, Stage, decide, evolve};
+pub use roles::{Role, Roles};
 pub use values::{CurrencyCode, Email, Label, LeadId, Money, Note, Rating, ReasonCode, Score, Timestamp};
 
 /// How far in the future a client may date an event (clock skew between systems).

@@ -55,6 +55,7 @@ fn action(kind: CommandKind) -> Action {
             reason_codes: vec![code("good-fit")],
             comment: None,
         }),
+        CommandKind::EraseLead => Action::Erase { reason: Some(label("GDPR-1234")) },
     }
 }
 
@@ -67,7 +68,7 @@ fn now() -> Timestamp {
 }
 
 fn lead(stage: Stage, seen_by_sales: bool) -> Lead {
-    Lead { stage, version: 3, seen_by_sales, last_occurred_at: now(), assignee: None, owner: None }
+    Lead { stage, version: 3, seen_by_sales, last_occurred_at: now(), assignee: None, owner: None, erased: false }
 }
 
 /// The lifecycle table of the issue, written out independently of
@@ -82,7 +83,7 @@ fn allowed_from(kind: CommandKind) -> &'static [Stage] {
         CommandKind::RejectLead => &[Mql],
         CommandKind::CloseLeadWon => &[Sql],
         CommandKind::CloseLeadLost => &[Captured, Mql, Sql, Rejected],
-        CommandKind::RecordFeedback => &[Captured, Mql, Sql, Rejected, Won, Lost],
+        CommandKind::RecordFeedback | CommandKind::EraseLead => &[Captured, Mql, Sql, Rejected, Won, Lost],
     }
 }
 
@@ -93,7 +94,7 @@ fn expected_stage(kind: CommandKind, from: Stage) -> Stage {
         CommandKind::RejectLead => Stage::Rejected,
         CommandKind::CloseLeadWon => Stage::Won,
         CommandKind::CloseLeadLost => Stage::Lost,
-        CommandKind::CaptureLead | CommandKind::RecordFeedback => from,
+        CommandKind::CaptureLead | CommandKind::RecordFeedback | CommandKind::EraseLead => from,
     }
 }
 
@@ -180,6 +181,26 @@ fn business_time_is_bounded_and_never_goes_backwards() {
     ));
     assert!(matches!(decide(Some(&current), &at(NOW - 1), now()), Err(DomainError::OccurredBeforePrevious { .. })));
     assert!(decide(Some(&current), &at(NOW), now()).is_ok(), "a tie is fine: log order breaks it");
+}
+
+#[test]
+fn erasure_keeps_the_stage_and_an_erased_lead_takes_no_further_command() {
+    for stage in Stage::ALL {
+        let current = lead(stage, true);
+        let event = decide(Some(&current), &command(CommandKind::EraseLead), now()).expect("erasure in every stage");
+        assert_eq!(event.kind, LeadEventKind::Erased { reason: Some(label("GDPR-1234")) });
+        let erased = evolve(Some(current.clone()), &event);
+        assert_eq!((erased.stage, erased.version, erased.erased), (stage, current.version + 1, true));
+        for kind in CommandKind::ALL {
+            let result = decide(Some(&erased), &command(kind), now());
+            let expected = if kind == CommandKind::CaptureLead {
+                DomainError::LeadAlreadyExists(lead_id())
+            } else {
+                DomainError::LeadErased(lead_id())
+            };
+            assert_eq!(result, Err(expected), "{kind} on an erased {stage} lead");
+        }
+    }
 }
 
 fn any_kind() -> impl Strategy<Value = CommandKind> {

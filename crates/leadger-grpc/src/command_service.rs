@@ -12,12 +12,14 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::error::{invalid_argument, read_status, status};
 use crate::present;
 use crate::request::{self, ValidCommand};
-use leadger_domain::ValidationError;
+use leadger_domain::{Roles, ValidationError};
 
-/// Metadata key naming the calling client; idempotency keys are scoped to it.
+/// Metadata key naming the calling client on a server without credentials;
+/// idempotency keys are scoped to it.
 pub const CLIENT_ID_HEADER: &str = "x-client-id";
 /// Metadata key carrying a correlation id across systems.
 pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
@@ -33,14 +35,21 @@ pub(crate) struct CommandService<L> {
 
 /// Who sent `message` (of `rpc`) and the keys that make a retry safe.
 fn origin<M: Message>(rpc: &'static str, request: &Request<M>, request_id: Option<String>) -> Result<Origin, Status> {
-    let client_id =
-        metadata_text(request.metadata(), CLIENT_ID_HEADER)?.unwrap_or_else(|| ANONYMOUS_CLIENT.to_string());
+    // Authenticated callers are who their credentials say; on an open server
+    // the client names itself.
+    let (client_id, roles) = match request.extensions().get::<Caller>() {
+        Some(caller) => (caller.client_id.clone(), caller.roles),
+        None => (
+            metadata_text(request.metadata(), CLIENT_ID_HEADER)?.unwrap_or_else(|| ANONYMOUS_CLIENT.to_string()),
+            Roles::ALL,
+        ),
+    };
     let correlation_id = metadata_text(request.metadata(), CORRELATION_ID_HEADER)?.or_else(|| request_id.clone());
     // The request as sent: before the server fills in defaults.
     let request_hash = hex::encode(
         Sha256::new().chain_update(rpc).chain_update([0]).chain_update(request.get_ref().encode_to_vec()).finalize(),
     );
-    Ok(Origin { client_id, request_id, request_hash, correlation_id })
+    Ok(Origin { client_id, request_id, request_hash, correlation_id, roles })
 }
 
 impl<L: Agreements> CommandService<L> {
@@ -141,6 +150,16 @@ impl<L: Agreements> LeadCommandService for CommandService<L> {
     ) -> Result<Response<pb::RecordFeedbackResponse>, Status> {
         let result = self.handle("RecordFeedback", request, request::record_feedback).await?;
         Ok(Response::new(pb::RecordFeedbackResponse { result: Some(result) }))
+    }
+
+    async fn erase_lead(
+        &self,
+        request: Request<pb::EraseLeadRequest>,
+    ) -> Result<Response<pb::EraseLeadResponse>, Status> {
+        let result = self.handle("EraseLead", request, request::erase).await?;
+        // No personal data here: the lead id is a random UUID.
+        tracing::info!(lead_id = %result.lead_id, position = result.position, "lead erased");
+        Ok(Response::new(pb::EraseLeadResponse { result: Some(result) }))
     }
 
     async fn define_sla_policy(

@@ -51,6 +51,9 @@ fn domain_status(error: &DomainError) -> Status {
         DomainError::LeadNotFound(lead) => {
             with_info(Code::NotFound, message, "LEAD_NOT_FOUND", &[("lead_id", lead.to_string())])
         }
+        DomainError::LeadErased(lead) => {
+            with_info(Code::FailedPrecondition, message, "LEAD_ERASED", &[("lead_id", lead.to_string())])
+        }
         DomainError::LeadAlreadyExists(lead) => {
             with_info(Code::AlreadyExists, message, "LEAD_EXISTS", &[("lead_id", lead.to_string())])
         }
@@ -66,6 +69,9 @@ fn domain_status(error: &DomainError) -> Status {
             "VERSION_MISMATCH",
             &[("expected_version", expected.to_string()), ("actual_version", actual.to_string())],
         ),
+        DomainError::NotPermitted { roles, .. } => {
+            with_info(Code::PermissionDenied, message, "ROLE_NOT_PERMITTED", &[("roles", roles.to_string())])
+        }
         DomainError::OccurredBeforePrevious { .. } => {
             with_info(Code::FailedPrecondition, message, "OCCURRED_BEFORE_PREVIOUS_EVENT", &[])
         }

@@ -8,6 +8,7 @@
 //! projector keeps; the math is the domain's (`leadger_domain::journey`).
 
 mod analytics_service;
+pub mod auth;
 mod command_service;
 pub mod error;
 mod limits;
@@ -16,5 +17,6 @@ mod query_service;
 mod request;
 mod server;
 
+pub use auth::{Authenticator, Caller, Credentials};
 pub use command_service::{CLIENT_ID_HEADER, CORRELATION_ID_HEADER};
 pub use server::{Background, Companion, HealthCheck, ServeFailure, ServerConfig, serve, serve_with};

@@ -3,6 +3,7 @@
 use leadger_domain::sla::SlaPolicy;
 use leadger_domain::{CloseOutcome, Label, LeadEvent, LeadEventKind, LeadId, LeadProfile, Note, Stage, Timestamp};
 use leadger_proto::leads::v1 as pb;
+use leadger_store::codec::PublicEvent;
 use leadger_store::{CommandOutcome, LeadSummary, RecordedEvent};
 
 /// Whether personal fields (email, name, phone, note, comment) are served.
@@ -92,7 +93,65 @@ pub(crate) fn event(recorded: &RecordedEvent, decoded: Option<&LeadEvent>, perso
             reason_codes: f.reason_codes.iter().map(|c| c.as_str().to_string()).collect(),
             comment: keep(f.comment.as_ref().map(|n| n.as_str().to_string()).unwrap_or_default()),
         }),
+        LeadEventKind::Erased { reason } => pb::lead_event::Payload::Erased(pb::LeadErased { reason: text(reason) }),
     });
+    envelope(recorded, payload)
+}
+
+/// An event of an erased lead: its business attributes as the public view
+/// reads them without the (destroyed) data key; personal fields stay empty.
+pub(crate) fn erased_event(recorded: &RecordedEvent, public: &PublicEvent) -> pb::LeadEvent {
+    let a = &public.attributes;
+    let text = |name: &str| a.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let number = |name: &str| a.get(name).and_then(|v| v.as_i64());
+    use pb::lead_event::Payload;
+    let payload = match public.type_name {
+        "LeadCaptured" => Some(Payload::Captured(pb::LeadCaptured {
+            company: text("company"),
+            source: text("source"),
+            campaign: text("campaign"),
+            persona: text("persona"),
+            external_ref: text("external_ref"),
+            ..Default::default()
+        })),
+        "LeadQualified" => Some(Payload::Qualified(pb::LeadQualified {
+            score: number("score").and_then(|s| i32::try_from(s).ok()),
+            note: String::new(),
+            assignee: text("assignee"),
+        })),
+        "LeadAssigned" => Some(Payload::Assigned(pb::LeadAssigned { assignee: text("assignee") })),
+        "LeadAccepted" => Some(Payload::Accepted(pb::LeadAccepted { owner: text("owner") })),
+        "LeadRejected" => Some(Payload::Rejected(pb::LeadRejected { reason: text("reason"), note: String::new() })),
+        "LeadClosed" => {
+            let amount = a.get("amount");
+            Some(Payload::Closed(pb::LeadClosed {
+                outcome: if public.stage == Some("WON") { pb::Outcome::Won } else { pb::Outcome::Lost } as i32,
+                amount_minor: amount.and_then(|m| m.get("amount_minor")).and_then(|v| v.as_i64()).unwrap_or(0),
+                currency: amount
+                    .and_then(|m| m.get("currency"))
+                    .and_then(|c| c.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                lost_reason: text("lost_reason"),
+                note: String::new(),
+            }))
+        }
+        "LeadFeedbackRecorded" => Some(Payload::FeedbackRecorded(pb::FeedbackRecorded {
+            rating: number("rating").and_then(|r| i32::try_from(r).ok()).unwrap_or(0),
+            reason_codes: a
+                .get("reason_codes")
+                .and_then(|c| c.as_array())
+                .map(|codes| codes.iter().filter_map(|c| c.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+            comment: String::new(),
+        })),
+        "LeadErased" => Some(Payload::Erased(pb::LeadErased { reason: text("reason") })),
+        _ => None,
+    };
+    envelope(recorded, payload)
+}
+
+fn envelope(recorded: &RecordedEvent, payload: Option<pb::lead_event::Payload>) -> pb::LeadEvent {
     pb::LeadEvent {
         position: recorded.position,
         event_id: recorded.event_id.to_string(),
@@ -103,6 +162,7 @@ pub(crate) fn event(recorded: &RecordedEvent, decoded: Option<&LeadEvent>, perso
         recorded_at: Some(timestamp(recorded.recorded_at)),
         request_id: recorded.metadata.request_id.clone().unwrap_or_default(),
         correlation_id: recorded.metadata.correlation_id.clone().unwrap_or_default(),
+        client_id: recorded.metadata.client_id.clone(),
         payload,
     }
 }
@@ -126,6 +186,8 @@ pub(crate) fn lead(lead_id: LeadId, profile: &LeadProfile, captured_at: Timestam
         owner: text(&profile.lead.owner),
         captured_at: Some(timestamp(captured_at)),
         last_event_at: Some(timestamp(profile.lead.last_occurred_at)),
+        erased: false,
+        erased_at: None,
     }
 }
 

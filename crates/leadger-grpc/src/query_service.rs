@@ -9,6 +9,7 @@ use std::time::Duration;
 use leadger_domain::{Email, LeadId, LeadProfile, Stage, ValidationError};
 use leadger_proto::leads::v1 as pb;
 use leadger_proto::leads::v1::lead_query_service_server::LeadQueryService;
+use leadger_store::codec::{self, PublicEvent};
 use leadger_store::{DataKey, EventLog, LeadQuery, RecordedEvent, Vault};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -78,15 +79,73 @@ impl<L: EventLog> KeyRing<'_, L> {
     }
 
     fn present(&self, recorded: &RecordedEvent, personal: PersonalData) -> Result<pb::LeadEvent, Status> {
-        let decoded = match self.keys.get(&recorded.lead_id).and_then(Option::as_ref) {
-            Some(key) => Some(recorded.decode(key).map_err(|e| {
-                tracing::error!(error = %e, position = recorded.position, "decode event");
-                Status::internal(format!("decode event at position {}: {e}", recorded.position))
-            })?),
-            None => None,
+        let decode_failed = |e: leadger_store::codec::CodecError| {
+            tracing::error!(error = %e, position = recorded.position, "decode event");
+            Status::internal(format!("decode event at position {}: {e}", recorded.position))
         };
-        Ok(present::event(recorded, decoded.as_ref(), personal))
+        match self.keys.get(&recorded.lead_id).and_then(Option::as_ref) {
+            Some(key) => {
+                let decoded = recorded.decode(key).map_err(decode_failed)?;
+                Ok(present::event(recorded, Some(&decoded), personal))
+            }
+            // An erased lead: what can be read without its key, or the
+            // envelope alone, so one unreadable payload never ends the stream.
+            None => Ok(match public_view(recorded) {
+                Ok(public) => present::erased_event(recorded, &public),
+                Err(error) => {
+                    tracing::warn!(%error, position = recorded.position, "read an event without its lead's key");
+                    present::event(recorded, None, personal)
+                }
+            }),
+        }
     }
+}
+
+fn public_view(recorded: &RecordedEvent) -> Result<PublicEvent, leadger_store::codec::CodecError> {
+    codec::public_event(&recorded.event_type, recorded.schema_version, &recorded.payload)
+}
+
+/// A lead whose data key was destroyed: its stage, history and business
+/// attributes, read as the public view reads them; no personal field.
+fn erased_lead(lead_id: LeadId, stream: &[RecordedEvent]) -> Result<pb::GetLeadResponse, Status> {
+    let mut lead = pb::Lead { lead_id: lead_id.to_string(), erased: true, ..Default::default() };
+    let mut events = Vec::with_capacity(stream.len());
+    for recorded in stream {
+        let public = public_view(recorded).map_err(|e| {
+            tracing::error!(error = %e, %lead_id, "decode the stream of an erased lead");
+            Status::internal(format!("decode the events of lead {lead_id}: {e}"))
+        })?;
+        let text = |name: &str| public.attributes.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        if let Some(stage) = public.stage.and_then(Stage::parse) {
+            lead.stage = present::stage(stage) as i32;
+        }
+        match public.type_name {
+            "LeadCaptured" => {
+                lead.company = text("company");
+                lead.source = text("source");
+                lead.campaign = text("campaign");
+                lead.persona = text("persona");
+                lead.external_ref = text("external_ref");
+                lead.captured_at = Some(present::timestamp(recorded.occurred_at));
+            }
+            "LeadQualified" => {
+                let score = public.attributes.get("score").and_then(|s| s.as_i64()).and_then(|s| i32::try_from(s).ok());
+                lead.score = score.or(lead.score);
+                lead.assignee = text("assignee");
+            }
+            "LeadAssigned" => lead.assignee = text("assignee"),
+            "LeadAccepted" => lead.owner = text("owner"),
+            "LeadErased" => lead.erased_at = Some(present::timestamp(recorded.occurred_at)),
+            _ => {}
+        }
+        lead.version = recorded.version;
+        let last = lead.last_event_at.get_or_insert(present::timestamp(recorded.occurred_at));
+        if (last.seconds, last.nanos) < (recorded.occurred_at.unix_seconds(), recorded.occurred_at.subsec_nanos()) {
+            *last = present::timestamp(recorded.occurred_at);
+        }
+        events.push(present::erased_event(recorded, &public));
+    }
+    Ok(pb::GetLeadResponse { lead: Some(lead), events })
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::ReadLogResponse, Status>> + Send>>;
@@ -102,7 +161,7 @@ impl<L: EventLog> LeadQueryService for QueryService<L> {
         let mut ring = KeyRing { log: &*self.log, vault: &self.vault, keys: HashMap::new() };
         ring.load(&stream).await?;
         let Some(Some(key)) = ring.keys.get(&lead_id) else {
-            return Err(Status::failed_precondition(format!("the personal data of lead {lead_id} was erased")));
+            return erased_lead(lead_id, &stream).map(Response::new);
         };
         let decoded = stream.iter().map(|e| e.decode(key)).collect::<Result<Vec<_>, _>>().map_err(|e| {
             tracing::error!(error = %e, %lead_id, "decode lead stream");

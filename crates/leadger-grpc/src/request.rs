@@ -86,6 +86,7 @@ command_requests!(
     pb::RejectLeadRequest,
     pb::CloseLeadRequest,
     pb::RecordFeedbackRequest,
+    pb::EraseLeadRequest,
 );
 
 /// Builds the command once the action's own fields validated; `new_lead` lets
@@ -189,6 +190,10 @@ pub(crate) fn reject(r: &pb::RejectLeadRequest) -> Result<ValidCommand, Status> 
         let note = note(v, "note", &r.note);
         Some(Action::Reject(Rejection { reason: reason?, note: note? }))
     })
+}
+
+pub(crate) fn erase(r: &pb::EraseLeadRequest) -> Result<ValidCommand, Status> {
+    command(r.envelope(), false, |v| Some(Action::Erase { reason: label(v, "reason", &r.reason)? }))
 }
 
 pub(crate) fn close(r: &pb::CloseLeadRequest) -> Result<ValidCommand, Status> {

@@ -1,5 +1,5 @@
 //! Wiring of one gRPC server: command, query and analytics services, health, reflection,
-//! the request size limit and graceful shutdown.
+//! TLS, authentication, the request size limit and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,11 +12,13 @@ use leadger_store::{Agreements, CommitterConfig, EventLog, JourneyStore, StoreEr
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::analytics_service::AnalyticsService;
+use crate::auth::{AuthLayer, Authenticator};
 use crate::command_service::CommandService;
 use crate::limits::RequestSizeLayer;
 use crate::query_service::QueryService;
@@ -27,6 +29,9 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     pub committer: CommitterConfig,
     pub clock: Clock,
+    /// TLS (and, with a client CA, mutual TLS); plain TCP when `None`.
+    pub tls: Option<ServerTlsConfig>,
+    pub authenticator: Arc<Authenticator>,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +40,8 @@ impl Default for ServerConfig {
             max_request_bytes: 1024 * 1024,
             committer: CommitterConfig::default(),
             clock: leadger_store::committer::system_clock(),
+            tls: None,
+            authenticator: Arc::new(Authenticator::Open),
         }
     }
 }
@@ -114,8 +121,13 @@ pub async fn serve_with<L: EventLog + JourneyStore + Agreements>(
         health.set_not_serving::<LeadAnalyticsServiceServer<AnalyticsService<L>>>().await;
         let _ = stopping_tx.send(true);
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls {
+        builder = builder.tls_config(tls).map_err(|e| ServeFailure::Tls(e.to_string()))?;
+    }
+    builder
         .layer(RequestSizeLayer { max_request_bytes: limit })
+        .layer(AuthLayer { authenticator: config.authenticator })
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -169,6 +181,8 @@ pub enum ServeFailure {
     Store(StoreError),
     #[error("build the reflection service: {0}")]
     Reflection(String),
+    #[error("configure TLS: {0}")]
+    Tls(String),
     #[error("serve gRPC: {0}")]
     Transport(String),
     #[error("the committer task failed: {0}")]

@@ -121,6 +121,15 @@ struct FeedbackRecordedV1 {
     comment: Option<String>,
 }
 
+/// The lead's data key was destroyed. `reason` is an operator's reference
+/// (a ticket id), not personal data, so it is stored in clear.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErasedV1 {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
 fn text(label: &Option<Label>) -> Option<String> {
     label.as_ref().map(|l| l.as_str().to_string())
 }
@@ -177,6 +186,7 @@ pub fn encode(kind: &LeadEventKind, key: Option<&DataKey>) -> Result<String, Cod
             reason_codes: f.reason_codes.iter().map(|c| c.as_str().to_string()).collect(),
             comment: seal("comment", f.comment.as_ref().map(Note::as_str))?,
         }),
+        LeadEventKind::Erased { reason } => serde_json::to_string(&ErasedV1 { reason: text(reason) }),
     };
     Ok(json.expect("payload structs always serialize"))
 }
@@ -272,6 +282,10 @@ pub fn decode(
                 comment: note(v.comment, "comment")?,
             })
         }
+        "lead.erased" => {
+            let v: ErasedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            LeadEventKind::Erased { reason: label("reason", v.reason).map_err(invalid)? }
+        }
         other => return Err(CodecError::UnknownType(other.to_string())),
     };
     Ok(LeadEvent { occurred_at, kind })
@@ -327,6 +341,10 @@ pub fn journey_step(event_type: &str, schema_version: i32, payload: &str) -> Res
         "lead.feedback_recorded" => {
             let v: FeedbackRecordedV1 = serde_json::from_str(payload).map_err(json_error)?;
             JourneyStep::FeedbackRecorded { rating: v.rating }
+        }
+        "lead.erased" => {
+            let _: ErasedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            JourneyStep::Erased
         }
         other => return Err(CodecError::UnknownType(other.to_string())),
     })
@@ -608,6 +626,13 @@ pub fn public_event(event_type: &str, schema_version: i32, payload: &str) -> Res
                 put("reason_codes", Some(Value::from(v.reason_codes)));
             }
             ("LeadFeedbackRecorded", None)
+        }
+        // Downstream stores purge what they hold of the lead; the reason is
+        // an operator's reference, not personal data.
+        "lead.erased" => {
+            let v: ErasedV1 = serde_json::from_str(payload).map_err(json_error)?;
+            put("reason", v.reason.map(Value::from));
+            ("LeadErased", None)
         }
         other => return Err(CodecError::UnknownType(other.to_string())),
     };

@@ -27,7 +27,7 @@ pub mod vault;
 use std::collections::HashMap;
 use std::future::Future;
 
-use leadger_domain::{Command, DomainError, Lead, LeadEvent, LeadId, Stage, Timestamp};
+use leadger_domain::{Command, DomainError, Lead, LeadEvent, LeadId, Roles, Stage, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -52,6 +52,9 @@ pub struct Origin {
     /// SHA-256 (hex) of the request as sent, before server defaults.
     pub request_hash: String,
     pub correlation_id: Option<String>,
+    /// What the caller may do; checked against the lead's stage when the
+    /// command is decided.
+    pub roles: Roles,
 }
 
 /// A validated command on its way into the log.
@@ -315,6 +318,7 @@ fn lead_head(
     owner: Option<String>,
     email_index: String,
     external_ref: Option<String>,
+    erased: bool,
 ) -> Result<LeadHead, StoreError> {
     let label = |field: &str, text: Option<String>| {
         leadger_domain::Label::parse_optional(field, text.as_deref().unwrap_or(""))
@@ -328,6 +332,7 @@ fn lead_head(
             last_occurred_at: timestamp(last_occurred_at_us, "last_occurred_at")?,
             assignee: label("assignee", assignee)?,
             owner: label("owner", owner)?,
+            erased,
         },
         email_index,
         external_ref,

@@ -20,6 +20,7 @@ use crate::{CommandError, CommandOutcome, EventMetadata, PendingCommand, StoreEr
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeadHead {
     pub lead: Lead,
+    /// Empty once the lead is erased: the address may be captured again.
     pub email_index: String,
     pub external_ref: Option<String>,
 }
@@ -84,7 +85,7 @@ fn carries_personal_text(action: &Action) -> bool {
         Action::Reject(r) => r.note.is_some(),
         Action::Close(c) => c.note.is_some(),
         Action::RecordFeedback(f) => f.comment.is_some(),
-        Action::Assign { .. } | Action::Accept { .. } => false,
+        Action::Assign { .. } | Action::Accept { .. } | Action::Erase { .. } => false,
     }
 }
 
@@ -129,6 +130,10 @@ pub(crate) struct Plan {
     /// The final head of every lead the batch changed.
     pub heads: Vec<(LeadId, LeadHead)>,
     pub new_keys: Vec<(LeadId, String)>,
+    /// Leads erased by the batch: their wrapped keys are deleted with the
+    /// batch's events (a lead captured and erased in one batch is not here:
+    /// its key is simply never written).
+    pub erased_keys: Vec<LeadId>,
     pub receipts: Vec<NewReceipt>,
 }
 
@@ -197,6 +202,9 @@ fn plan_one(
         });
     }
     let head = snapshot.heads.get(&command.lead_id);
+    if let Err(refusal) = origin.roles.permit(command.action.kind(), head.map(|h| h.lead.stage)) {
+        return Ok(Err(refusal.into()));
+    }
     let event = match decide(head.map(|h| &h.lead), command, now) {
         Ok(event) => event,
         Err(refusal) => return Ok(Err(refusal.into())),
@@ -218,6 +226,11 @@ fn plan_one(
             new_wrapped_key = Some(wrapped);
             LeadHead { lead: evolve(None, &event), email_index, external_ref }
         }
+        (LeadEventKind::Erased { .. }, Some(head)) => LeadHead {
+            lead: evolve(Some(head.lead.clone()), &event),
+            email_index: String::new(),
+            external_ref: head.external_ref.clone(),
+        },
         (_, Some(head)) => LeadHead { lead: evolve(Some(head.lead.clone()), &event), ..head.clone() },
         (_, None) => unreachable!("decide refuses every command but capture on a missing lead"),
     };
@@ -253,6 +266,16 @@ fn plan_one(
     if let Some(wrapped) = new_wrapped_key {
         plan.new_keys.push((lead_id, wrapped));
     }
+    let previous_email_index = head.map(|h| h.email_index.clone());
+    if matches!(event.kind, LeadEventKind::Erased { .. }) {
+        data_keys.remove(&lead_id);
+        snapshot.wrapped_keys.remove(&lead_id);
+        let unwritten = plan.new_keys.len();
+        plan.new_keys.retain(|(id, _)| *id != lead_id);
+        if plan.new_keys.len() == unwritten {
+            plan.erased_keys.push(lead_id);
+        }
+    }
     let position = *next_position;
     *next_position += 1;
     let outcome = CommandOutcome {
@@ -278,7 +301,13 @@ fn plan_one(
         occurred_at: event.occurred_at,
         recorded_at: now,
     });
-    if matches!(new_head.lead.stage, Stage::Won | Stage::Lost) {
+    if new_head.lead.erased {
+        if let Some(index) = previous_email_index
+            && snapshot.open_emails.get(&index) == Some(&lead_id)
+        {
+            snapshot.open_emails.remove(&index);
+        }
+    } else if matches!(new_head.lead.stage, Stage::Won | Stage::Lost) {
         if snapshot.open_emails.get(&new_head.email_index) == Some(&lead_id) {
             snapshot.open_emails.remove(&new_head.email_index);
         }
@@ -312,6 +341,7 @@ mod tests {
                 request_id: None,
                 request_hash: String::new(),
                 correlation_id: None,
+                roles: leadger_domain::Roles::ALL,
             },
         }
     }
@@ -332,6 +362,7 @@ mod tests {
                 last_occurred_at: now,
                 assignee: None,
                 owner: None,
+                erased: false,
             },
             email_index: "x".into(),
             external_ref: None,

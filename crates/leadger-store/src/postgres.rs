@@ -50,14 +50,14 @@ impl std::fmt::Debug for PostgresLog {
 }
 
 type EventColumns = (i64, Uuid, Uuid, i64, String, i32, String, String, i64, i64);
-type HeadColumns = (Uuid, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>);
+type HeadColumns = (Uuid, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>, bool);
 type HeadAndKeyColumns =
-    (Uuid, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>, Option<String>);
+    (Uuid, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>, Option<String>, bool);
 
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, payload::text, metadata::text, occurred_at_us, recorded_at_us";
 
 impl PostgresLog {
-    /// Connects to `url` and migrates the schema. Fails fast (5 s) when the
+    /// Connects to `url` and migrates the schema. Fails fast (1 s) when the
     /// database is unreachable rather than hanging a command.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, 16).await
@@ -74,7 +74,13 @@ impl PostgresLog {
         let pool = PgPoolOptions::new()
             .test_before_acquire(false)
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            // While PostgreSQL is down, sqlx retries a refused connect until
+            // this timeout, and the committer's batches fail one after the
+            // other: commands queued behind a batch wait for it and then for
+            // their own. At 5 s that outlasted clients' deadlines (commands
+            // got DEADLINE_EXCEEDED, not UNAVAILABLE); tests/tests/faults.rs
+            // checks that one fails within 2.5 s, under a 3 s deadline.
+            .acquire_timeout(Duration::from_secs(1))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
@@ -85,6 +91,22 @@ impl PostgresLog {
         &self.pool
     }
 
+    /// Removes the bytes of erased leads' data keys from the database files
+    /// and the WAL: rewrites `lead_keys` (a deleted tuple stays in its heap
+    /// page until then), prunes `leads`, switches to a new WAL segment and
+    /// checkpoints, so the segments that logged the keys are removed (deleted,
+    /// not recycled, when the server runs with `wal_recycle = off`). Needs a
+    /// role allowed to `CHECKPOINT` and `pg_switch_wal()` (a superuser, or
+    /// `pg_checkpoint` and an explicit grant). `VACUUM FULL` locks
+    /// `lead_keys`, so appends wait while it runs: an operator's clean-up
+    /// after erasures, see docs/personal-data.md.
+    pub async fn purge_erased_keys(&self) -> Result<(), StoreError> {
+        for statement in ["VACUUM FULL lead_keys", "VACUUM leads", "SELECT pg_switch_wal()", "CHECKPOINT"] {
+            sqlx::raw_sql(statement).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     /// Reads everything the batch decides on in one round trip, after the
     /// append lock is held (so in a snapshot that sees every earlier batch).
     async fn snapshot(
@@ -93,13 +115,17 @@ impl PostgresLog {
         keys: &BatchKeys,
     ) -> Result<Snapshot, StoreError> {
         let ids: Vec<Uuid> = keys.lead_ids.iter().map(LeadId::as_uuid).collect();
+        let key_ids: Vec<Uuid> = keys.key_leads.iter().map(LeadId::as_uuid).collect();
         let (clients, requests): (Vec<String>, Vec<String>) = keys.receipt_keys.iter().cloned().unzip();
         let (last, heads, open_emails, external_refs, receipts): (i64, String, String, String, String) = sqlx::query_as(
             "SELECT
                  (SELECT COALESCE(MAX(position), 0) FROM events),
-                 (SELECT COALESCE(json_agg(json_build_array(lead_id, stage, version, seen_by_sales, last_occurred_at_us,
-                                                            assignee, owner, email_index, external_ref, wrapped_key)), '[]')::text
-                  FROM leads WHERE lead_id = ANY($1)),
+                 (SELECT COALESCE(json_agg(json_build_array(l.lead_id, stage, version, seen_by_sales, last_occurred_at_us,
+                                                            assignee, owner, email_index, external_ref, k.wrapped_key, erased)), '[]')::text
+                  FROM leads l
+                  -- Only the keys of leads whose commands carry personal text.
+                  LEFT JOIN lead_keys k ON k.lead_id = l.lead_id AND l.lead_id = ANY($6)
+                  WHERE l.lead_id = ANY($1)),
                  (SELECT COALESCE(json_agg(json_build_array(email_index, lead_id)), '[]')::text
                   FROM leads WHERE email_index = ANY($2) AND stage NOT IN ('WON', 'LOST')),
                  (SELECT COALESCE(json_agg(json_build_array(external_ref, lead_id)), '[]')::text
@@ -117,13 +143,14 @@ impl PostgresLog {
         .bind(&keys.external_refs)
         .bind(&clients)
         .bind(&requests)
+        .bind(&key_ids)
         .fetch_one(&mut **tx)
         .await?;
         let mut snapshot = Snapshot { last_position: unsigned(last, "position")?, ..Snapshot::default() };
-        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref, wrapped_key) in
+        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref, wrapped_key, erased) in
             parse_rows::<HeadAndKeyColumns>(&heads, "lead heads")?
         {
-            let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
+            let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref, erased)?;
             let lead_id = LeadId::from_uuid(id);
             if let Some(wrapped) = wrapped_key.filter(|_| keys.key_leads.contains(&lead_id)) {
                 snapshot.wrapped_keys.insert(lead_id, wrapped);
@@ -152,11 +179,11 @@ impl PostgresLog {
     }
 
     /// Writes the whole plan in one round trip: one `UNNEST` insert per table
-    /// as data-modifying CTEs, and the wake-up for other processes' followers.
+    /// as data-modifying CTEs (and the deletion of erased leads' keys), and
+    /// the wake-up for other processes' followers.
     async fn write(tx: &mut Transaction<'static, Postgres>, plan: &Plan) -> Result<(), StoreError> {
         let (events, heads, receipts) = (&plan.events, &plan.heads, &plan.receipts);
         let label = |l: &Option<leadger_domain::Label>| l.as_ref().map(|l| l.as_str().to_string());
-        let new_keys: HashMap<LeadId, &String> = plan.new_keys.iter().map(|(id, wrapped)| (*id, wrapped)).collect();
         let recorded_at = events.first().map_or(0, |e| e.recorded_at.as_micros());
         sqlx::query(
             "WITH appended AS (
@@ -165,11 +192,17 @@ impl PostgresLog {
                  FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[])
                      AS r(p, e, s, v, t, pl, md, oa, ra)
              ), heads AS (
-                 INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key)
-                 SELECT * FROM UNNEST($11::uuid[], $12::text[], $13::bigint[], $14::boolean[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[])
+                 INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, erased)
+                 SELECT * FROM UNNEST($11::uuid[], $12::text[], $13::bigint[], $14::boolean[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[], $20::boolean[])
+                 -- email_index changes only on erasure; an unchanged value keeps the update HOT.
                  ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
                      seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
-                     assignee = excluded.assignee, owner = excluded.owner
+                     assignee = excluded.assignee, owner = excluded.owner,
+                     email_index = excluded.email_index, erased = excluded.erased
+             ), new_keys AS (
+                 INSERT INTO lead_keys (lead_id, wrapped_key) SELECT * FROM UNNEST($31::uuid[], $32::text[])
+             ), shredded AS (
+                 DELETE FROM lead_keys WHERE lead_id = ANY($33)
              ), receipts AS (
                  INSERT INTO receipts (client_id, request_id, request_hash, lead_id, version, position, stage, created_at_us)
                  SELECT c, r, h, l, v, p, s, $28
@@ -197,7 +230,7 @@ impl PostgresLog {
         .bind(heads.iter().map(|(_, h)| label(&h.lead.owner)).collect::<Vec<_>>())
         .bind(heads.iter().map(|(_, h)| h.email_index.clone()).collect::<Vec<_>>())
         .bind(heads.iter().map(|(_, h)| h.external_ref.clone()).collect::<Vec<_>>())
-        .bind(heads.iter().map(|(id, _)| new_keys.get(id).map(|w| (*w).clone())).collect::<Vec<_>>())
+        .bind(heads.iter().map(|(_, h)| h.lead.erased).collect::<Vec<_>>())
         .bind(receipts.iter().map(|r| r.client_id.clone()).collect::<Vec<_>>())
         .bind(receipts.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>())
         .bind(receipts.iter().map(|r| r.receipt.request_hash.clone()).collect::<Vec<_>>())
@@ -208,6 +241,9 @@ impl PostgresLog {
         .bind(recorded_at)
         .bind(APPENDED_CHANNEL)
         .bind(plan.last_position().unwrap_or(0).to_string())
+        .bind(plan.new_keys.iter().map(|(id, _)| id.as_uuid()).collect::<Vec<_>>())
+        .bind(plan.new_keys.iter().map(|(_, wrapped)| wrapped.clone()).collect::<Vec<_>>())
+        .bind(plan.erased_keys.iter().map(LeadId::as_uuid).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -343,18 +379,17 @@ impl EventLog for PostgresLog {
 
     async fn wrapped_keys(&self, leads: &[LeadId]) -> Result<HashMap<LeadId, String>, StoreError> {
         let ids: Vec<Uuid> = leads.iter().map(LeadId::as_uuid).collect();
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT lead_id, wrapped_key FROM leads WHERE lead_id = ANY($1) AND wrapped_key IS NOT NULL",
-        )
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(|(id, wrapped)| (LeadId::from_uuid(id), wrapped)).collect())
     }
 
     async fn find_leads(&self, query: &LeadQuery) -> Result<Vec<LeadSummary>, StoreError> {
         let rows: Vec<HeadColumns> = sqlx::query_as(
-            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref
+            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, erased
              FROM leads
              WHERE ($1::text IS NULL OR email_index = $1) AND ($2::text IS NULL OR external_ref = $2)
                AND ($3::text IS NULL OR stage = $3) AND ($4::text IS NULL OR assignee = $4)
@@ -371,8 +406,8 @@ impl EventLog for PostgresLog {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, stage, version, seen, last, assignee, owner, email_index, external_ref)| {
-                let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
+            .map(|(id, stage, version, seen, last, assignee, owner, email_index, external_ref, erased)| {
+                let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref, erased)?;
                 Ok(LeadSummary { lead_id: LeadId::from_uuid(id), lead: head.lead, external_ref: head.external_ref })
             })
             .collect()

@@ -28,9 +28,9 @@ pub struct SqliteLog {
 }
 
 type EventColumns = (i64, String, String, i64, String, i32, String, String, i64, i64);
-type HeadColumns = (String, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>);
+type HeadColumns = (String, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>, bool);
 type HeadAndKeyColumns =
-    (String, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>, Option<String>);
+    (String, String, i64, bool, i64, Option<String>, Option<String>, String, Option<String>, Option<String>, bool);
 
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at_us, recorded_at_us";
 
@@ -41,7 +41,10 @@ impl SqliteLog {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // Deleted rows (an erased lead's data key) are overwritten with
+            // zeros, not left in free pages.
+            .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
@@ -51,6 +54,20 @@ impl SqliteLog {
         &self.pool
     }
 
+    /// Removes the bytes of erased leads' data keys from the WAL: the
+    /// deletion already zeroed them in the database pages (`secure_delete`),
+    /// and a truncating checkpoint copies those pages into the database file
+    /// and empties the WAL, where older versions of the pages were. Fails
+    /// when a reader keeps the checkpoint from completing.
+    pub async fn purge_erased_keys(&self) -> Result<(), StoreError> {
+        let (busy, _, _): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&self.pool).await?;
+        if busy != 0 {
+            return Err(StoreError::Corrupt("wal_checkpoint(TRUNCATE) was blocked by a reader; retry".into()));
+        }
+        Ok(())
+    }
+
     async fn snapshot(&self, tx: &mut Transaction<'static, Sqlite>, keys: &BatchKeys) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
         let (last,): (i64,) =
@@ -58,14 +75,19 @@ impl SqliteLog {
         snapshot.last_position = unsigned(last, "position")?;
         let ids = json_list(keys.lead_ids.iter().map(ToString::to_string));
         let heads: Vec<HeadAndKeyColumns> = sqlx::query_as(
-            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key
-             FROM leads WHERE lead_id IN (SELECT value FROM json_each(?1))",
+            "SELECT l.lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref,
+                    k.wrapped_key, erased
+             FROM leads l
+             -- Only the keys of leads whose commands carry personal text.
+             LEFT JOIN lead_keys k ON k.lead_id = l.lead_id AND l.lead_id IN (SELECT value FROM json_each(?2))
+             WHERE l.lead_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(&ids)
+        .bind(json_list(keys.key_leads.iter().map(ToString::to_string)))
         .fetch_all(&mut **tx)
         .await?;
-        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref, wrapped_key) in heads {
-            let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
+        for (id, stage, version, seen, last, assignee, owner, email_index, external_ref, wrapped_key, erased) in heads {
+            let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref, erased)?;
             let lead_id = parse_lead_id(&id)?;
             if let Some(wrapped) = wrapped_key.filter(|_| keys.key_leads.contains(&lead_id)) {
                 snapshot.wrapped_keys.insert(lead_id, wrapped);
@@ -151,7 +173,6 @@ impl SqliteLog {
         .bind(crate::codec::SCHEMA_VERSION)
         .execute(&mut **tx)
         .await?;
-        let new_keys: HashMap<LeadId, &String> = plan.new_keys.iter().map(|(id, wrapped)| (*id, wrapped)).collect();
         let label = |l: &Option<leadger_domain::Label>| l.as_ref().map(|l| l.as_str().to_string());
         let heads: Vec<Value> = plan
             .heads
@@ -167,23 +188,40 @@ impl SqliteLog {
                     label(&h.lead.owner),
                     h.email_index,
                     h.external_ref,
-                    new_keys.get(id)
+                    h.lead.erased
                 ])
             })
             .collect();
         sqlx::query(
-            "INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, wrapped_key)
+            "INSERT INTO leads (lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, erased)
              SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'),
                     json_extract(value, '$[4]'), json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]'),
                     json_extract(value, '$[8]'), json_extract(value, '$[9]')
              FROM json_each(?1) WHERE true
              ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, version = excluded.version,
                  seen_by_sales = excluded.seen_by_sales, last_occurred_at_us = excluded.last_occurred_at_us,
-                 assignee = excluded.assignee, owner = excluded.owner",
+                 assignee = excluded.assignee, owner = excluded.owner,
+                 email_index = excluded.email_index, erased = excluded.erased",
         )
         .bind(Value::Array(heads).to_string())
         .execute(&mut **tx)
         .await?;
+        if !plan.new_keys.is_empty() {
+            let keys: Vec<Value> = plan.new_keys.iter().map(|(id, wrapped)| json!([id.to_string(), wrapped])).collect();
+            sqlx::query(
+                "INSERT INTO lead_keys (lead_id, wrapped_key)
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)",
+            )
+            .bind(Value::Array(keys).to_string())
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !plan.erased_keys.is_empty() {
+            sqlx::query("DELETE FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))")
+                .bind(json_list(plan.erased_keys.iter().map(ToString::to_string)))
+                .execute(&mut **tx)
+                .await?;
+        }
         if !plan.receipts.is_empty() {
             let receipts: Vec<Value> = plan
                 .receipts
@@ -299,8 +337,7 @@ impl EventLog for SqliteLog {
 
     async fn wrapped_keys(&self, leads: &[LeadId]) -> Result<HashMap<LeadId, String>, StoreError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT lead_id, wrapped_key FROM leads
-             WHERE lead_id IN (SELECT value FROM json_each(?1)) AND wrapped_key IS NOT NULL",
+            "SELECT lead_id, wrapped_key FROM lead_keys WHERE lead_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(json_list(leads.iter().map(ToString::to_string)))
         .fetch_all(&self.pool)
@@ -310,7 +347,7 @@ impl EventLog for SqliteLog {
 
     async fn find_leads(&self, query: &LeadQuery) -> Result<Vec<LeadSummary>, StoreError> {
         let rows: Vec<HeadColumns> = sqlx::query_as(
-            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref
+            "SELECT lead_id, stage, version, seen_by_sales, last_occurred_at_us, assignee, owner, email_index, external_ref, erased
              FROM leads
              WHERE (?1 IS NULL OR email_index = ?1) AND (?2 IS NULL OR external_ref = ?2) AND (?3 IS NULL OR stage = ?3)
                AND (?4 IS NULL OR assignee = ?4) AND (?5 IS NULL OR owner = ?5) AND (?6 IS NULL OR lead_id < ?6)
@@ -326,8 +363,8 @@ impl EventLog for SqliteLog {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, stage, version, seen, last, assignee, owner, email_index, external_ref)| {
-                let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref)?;
+            .map(|(id, stage, version, seen, last, assignee, owner, email_index, external_ref, erased)| {
+                let head = lead_head(&stage, version, seen, last, assignee, owner, email_index, external_ref, erased)?;
                 Ok(LeadSummary { lead_id: parse_lead_id(&id)?, lead: head.lead, external_ref: head.external_ref })
             })
             .collect()

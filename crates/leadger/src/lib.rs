@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use leadger_grpc::{Background, HealthCheck, ServerConfig};
+use leadger_grpc::{Authenticator, Background, Credentials, HealthCheck, ServerConfig};
 use leadger_nats::{
     BreachConfig, NatsConnection, RelayConfig, RelayState, RelayStatus, StreamSettings, run_breach_notifier, run_relay,
 };
@@ -53,6 +53,21 @@ enum Command {
     /// Manage the key-encryption key that protects personal data.
     #[command(subcommand)]
     Kek(KekCommand),
+    /// Manage the bearer tokens of calling systems.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a new random token for CLIENT_ID and the line that lists it in
+    /// the credentials file (only its hash is stored there).
+    Generate {
+        client_id: String,
+        /// Comma-separated: marketing, sales, analytics, admin.
+        #[arg(long)]
+        roles: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,7 +103,88 @@ pub struct ServeArgs {
     #[arg(long, env = "LEADGER_NO_PROJECTOR")]
     no_projector: bool,
     #[command(flatten)]
+    security: SecurityArgs,
+    #[command(flatten)]
     nats: NatsArgs,
+}
+
+/// TLS and who may call what.
+#[derive(Debug, Args)]
+struct SecurityArgs {
+    /// PEM certificate chain of this server: serve gRPC over TLS.
+    #[arg(long, env = "LEADGER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LEADGER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "LEADGER_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Credentials file: one `client-id roles sha256:<token hash>|certificate`
+    /// per line (see `leadger token generate`). Without it every caller has every role.
+    #[arg(long, env = "LEADGER_CREDENTIALS_FILE")]
+    credentials_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without TLS (traffic in clear).
+    #[arg(long, env = "LEADGER_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
+    /// Listen on a non-loopback address without a credentials file (anyone may call anything).
+    #[arg(long, env = "LEADGER_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
+}
+
+impl SecurityArgs {
+    /// The TLS configuration and authenticator for a server on `listen`;
+    /// refuses an exposed address without TLS or credentials unless asked.
+    fn server_settings(
+        &self,
+        listen: SocketAddr,
+    ) -> anyhow::Result<(Option<tonic::transport::ServerTlsConfig>, Arc<Authenticator>)> {
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("read {}", path.display()));
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+                let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+                if let Some(ca) = &self.client_ca {
+                    tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
+        let exposed = !listen.ip().is_loopback();
+        if tls.is_none() && exposed {
+            if !self.allow_plaintext {
+                bail!(
+                    "--listen {listen} is not a loopback address: give --tls-cert and --tls-key, or --allow-plaintext (LEADGER_ALLOW_PLAINTEXT) to serve in clear"
+                );
+            }
+            tracing::warn!(%listen, "serving gRPC without TLS on a non-loopback address: requests and tokens travel in clear");
+        }
+        let authenticator = match &self.credentials_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+                let credentials = Credentials::parse(&text).with_context(|| format!("parse {}", path.display()))?;
+                if credentials.is_empty() {
+                    bail!("{} lists no credentials: nobody could call the server", path.display());
+                }
+                if self.client_ca.is_none() && credentials.entries().any(|(_, kind)| kind == "certificate") {
+                    tracing::warn!(
+                        "the credentials file lists certificates but --client-ca is not set: they cannot authenticate"
+                    );
+                }
+                tracing::info!(path = %path.display(), callers = credentials.entries().count(), "authentication on");
+                Authenticator::Credentials(credentials)
+            }
+            None if exposed && !self.allow_anonymous => bail!(
+                "--listen {listen} is not a loopback address: give --credentials-file, or --allow-anonymous (LEADGER_ALLOW_ANONYMOUS) to let anyone call anything"
+            ),
+            None => {
+                tracing::warn!("authentication off: no --credentials-file, every caller has every role");
+                Authenticator::Open
+            }
+        };
+        Ok((tls, Arc::new(authenticator)))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +318,7 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Kek(KekCommand::Generate { path }) => generate_kek(&path),
+        Command::Token(TokenCommand::Generate { client_id, roles }) => generate_token(&client_id, &roles),
         Command::Serve(args) => tokio_runtime().and_then(|runtime| runtime.block_on(serve(args))),
         Command::Relay(args) => tokio_runtime().and_then(|runtime| runtime.block_on(relay(args))),
         Command::Project(args) => tokio_runtime().and_then(|runtime| runtime.block_on(project(args))),
@@ -249,6 +346,15 @@ fn generate_kek(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn generate_token(client_id: &str, roles: &str) -> anyhow::Result<()> {
+    let (token, digest) = leadger_grpc::auth::new_token();
+    let line = format!("{client_id} {roles} {digest}");
+    Credentials::parse(&line).context("the token's credentials line")?;
+    println!("token (give it to {client_id}; it is not stored): {token}");
+    println!("credentials file line: {line}");
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let url = DatabaseUrl::parse(&args.database_url).with_context(|| {
         format!("--database-url {:?} must start with sqlite: or postgres://", redact(&args.database_url))
@@ -265,8 +371,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(path = %kek_path.display(), "created a new key-encryption key; back it up: without it no personal data in the log can be read");
     }
     let vault = Arc::new(vault);
+    let (tls, authenticator) = args.security.server_settings(args.listen)?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     let config = ServerConfig {
+        tls,
+        authenticator,
         max_request_bytes: args.max_request_bytes,
         committer: leadger_store::CommitterConfig {
             queue_capacity: args.queue_capacity,
