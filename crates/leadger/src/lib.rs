@@ -56,6 +56,14 @@ enum Command {
     /// Manage the bearer tokens of calling systems.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Remove the bytes of erased leads' data keys from the database files and
+    /// WAL (after EraseLead; see docs/personal-data.md). PostgreSQL: needs a
+    /// superuser (VACUUM FULL, CHECKPOINT) and `wal_recycle = off`.
+    PurgeErased {
+        /// The event log: sqlite://PATH or postgres://…
+        #[arg(long, env = "LEADGER_DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +330,9 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => tokio_runtime().and_then(|runtime| runtime.block_on(serve(args))),
         Command::Relay(args) => tokio_runtime().and_then(|runtime| runtime.block_on(relay(args))),
         Command::Project(args) => tokio_runtime().and_then(|runtime| runtime.block_on(project(args))),
+        Command::PurgeErased { database_url } => {
+            tokio_runtime().and_then(|runtime| runtime.block_on(purge_erased(&database_url)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -535,6 +546,16 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
     tracing::info!(applied = *applied.borrow(), "projector shutting down");
     let _ = stopping_tx.send(true);
     projector.await.context("the projector task failed")?;
+    Ok(())
+}
+
+async fn purge_erased(database_url: &str) -> anyhow::Result<()> {
+    match DatabaseUrl::parse(database_url) {
+        Some(DatabaseUrl::Sqlite(url)) => SqliteLog::connect(&url).await?.purge_erased_keys().await?,
+        Some(DatabaseUrl::Postgres(url)) => PostgresLog::connect(&url).await?.purge_erased_keys().await?,
+        None => bail!("--database-url {:?} must start with sqlite: or postgres://", redact(database_url)),
+    }
+    println!("purged: the data keys of erased leads are gone from the database files and the WAL");
     Ok(())
 }
 
