@@ -376,6 +376,20 @@ impl RelayProcess {
     }
 }
 
+/// Runs an async test body `fn(Backend)` once per backend, as two test
+/// functions `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() { super::$name($crate::Backend::Sqlite).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name($crate::Backend::Postgres).await }
+        }
+    )*};
+}
+
 /// Path of the real CLI built for this test run (cargo sets it for this
 /// package's integration tests only, hence a macro).
 #[macro_export]

@@ -14,17 +14,7 @@ use sqlx::Connection;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() { super::$name(Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(Backend::Postgres).await }
-        }
-    )*};
-}
+use leadger_tests::on_both_backends;
 
 on_both_backends!(erasure_through_the_api, shredded_key_bytes_leave_every_file);
 

@@ -9,18 +9,7 @@ use prost::Message;
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
-/// Runs an async test body once per backend, as two test functions.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() { super::$name(Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(Backend::Postgres).await }
-        }
-    )*};
-}
+use leadger_tests::on_both_backends;
 
 on_both_backends!(
     full_lifecycle_with_history_and_search,
