@@ -12,6 +12,7 @@ pub mod auth;
 mod command_service;
 pub mod error;
 mod limits;
+mod metrics;
 mod present;
 mod query_service;
 mod request;

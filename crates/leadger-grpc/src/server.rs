@@ -21,6 +21,7 @@ use crate::analytics_service::AnalyticsService;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::command_service::CommandService;
 use crate::limits::RequestSizeLayer;
+use crate::metrics::RpcMetricsLayer;
 use crate::query_service::QueryService;
 
 #[derive(Clone)]
@@ -126,6 +127,7 @@ pub async fn serve_with<L: EventLog + JourneyStore + Agreements>(
         builder = builder.tls_config(tls).map_err(|e| ServeFailure::Tls(e.to_string()))?;
     }
     builder
+        .layer(RpcMetricsLayer)
         .layer(RequestSizeLayer { max_request_bytes: limit })
         .layer(AuthLayer { authenticator: config.authenticator })
         .add_service(health_service)

@@ -125,6 +125,9 @@ async fn run<L: EventLog>(
         }
         match appended {
             Ok(outcomes) => {
+                metrics::histogram!("leadger_commit_batch_commands").record(live.len() as f64);
+                let new_events = outcomes.iter().filter(|outcome| outcome.as_ref().is_ok_and(|o| !o.replayed)).count();
+                metrics::counter!("leadger_events_appended_total").increment(new_events as u64);
                 if let Some(last) = outcomes.iter().filter_map(|o| o.as_ref().ok()).map(|o| o.position).max() {
                     crate::advance(&committed, last);
                 }

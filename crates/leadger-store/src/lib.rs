@@ -235,6 +235,17 @@ pub trait EventLog: Send + Sync + 'static {
     fn forward_foreign_appends(&self, appended: watch::Sender<u64>) {
         drop(appended);
     }
+
+    /// The connections of the database pool, for metrics.
+    fn pool_usage(&self) -> PoolUsage;
+}
+
+/// Connections of a database pool: open ones, of which idle, and the most allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
 }
 
 /// The log a `--database-url` names.

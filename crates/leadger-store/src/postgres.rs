@@ -306,6 +306,14 @@ fn event_from(columns: EventColumns) -> Result<RecordedEvent, StoreError> {
 }
 
 impl EventLog for PostgresLog {
+    fn pool_usage(&self) -> crate::PoolUsage {
+        crate::PoolUsage {
+            open: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
     async fn append_batch(
         &self,
         batch: &[&PendingCommand],

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use leadger_grpc::{Authenticator, Background, Credentials, HealthCheck, ServerConfig};
 use leadger_nats::{
     BreachConfig, NatsConnection, RelayConfig, RelayState, RelayStatus, StreamSettings, run_breach_notifier, run_relay,
@@ -22,9 +22,19 @@ use leadger_store::{
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod client;
+mod config;
+mod demo;
+mod metrics;
+mod report;
+
 #[derive(Debug, Parser)]
 #[command(name = "leadger", version, about = "Event-sourced lead lifecycle service for sales and marketing")]
 pub struct Cli {
+    /// Config file: TOML with one key per flag (`database_url = "…"`); flags
+    /// and LEADGER_* variables override it. See `leadger config check`.
+    #[arg(long, env = "LEADGER_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "LEADGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -53,6 +63,33 @@ enum Command {
     /// Manage the key-encryption key that protects personal data.
     #[command(subcommand)]
     Kek(KekCommand),
+    /// Capture, qualify, accept, reject, close, rate or show a lead on a running server.
+    Lead {
+        #[command(subcommand)]
+        command: client::LeadCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Define the SLA policy or list its breaches on a running server.
+    Sla {
+        #[command(subcommand)]
+        command: client::SlaCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Funnel, conversion, SLA and lead-quality reports from a running server.
+    Report {
+        #[command(subcommand)]
+        command: report::ReportCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// See leadger work in a minute: an embedded server, a quarter of
+    /// synthetic leads through its gRPC API, and the reports.
+    Demo(demo::DemoArgs),
+    /// Check a configuration and print the effective settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage the bearer tokens of calling systems.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -75,6 +112,17 @@ enum TokenCommand {
         /// Comma-separated: marketing, sales, analytics, admin.
         #[arg(long)]
         roles: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the settings of PROCESS from --config, LEADGER_* variables and
+    /// defaults (files named exist and parse, URLs are well-formed) and print
+    /// each effective setting with its source; secrets are masked.
+    Check {
+        #[arg(value_parser = ["serve", "relay", "project"], default_value = "serve")]
+        process: String,
     },
 }
 
@@ -114,6 +162,25 @@ pub struct ServeArgs {
     security: SecurityArgs,
     #[command(flatten)]
     nats: NatsArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+/// Prometheus metrics of the process.
+#[derive(Debug, Args)]
+struct MetricsArgs {
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:9090).
+    #[arg(long, env = "LEADGER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl MetricsArgs {
+    async fn open(&self) -> anyhow::Result<Option<(TcpListener, metrics_exporter_prometheus::PrometheusHandle)>> {
+        match self.metrics_listen {
+            Some(address) => Ok(Some(metrics::open(address).await?)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// TLS and who may call what.
@@ -209,6 +276,8 @@ pub struct ProjectArgs {
     /// takes over from a projector that died.
     #[arg(long, env = "LEADGER_PROJECTOR_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     lease_ttl: Duration,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +287,8 @@ pub struct RelayArgs {
     database_url: String,
     #[command(flatten)]
     nats: NatsArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// Where and how the event log is published to NATS JetStream.
@@ -316,9 +387,22 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the CLI and turns an error into a message and exit code 1.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match config::resolve(std::env::args_os().collect())
+        .and_then(|resolved| Ok(Cli::from_arg_matches(&resolved.matches)?))
+    {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Services log what they do; commands for people only what went wrong.
+    let level = match cli.command {
+        Command::Serve(_) | Command::Relay(_) | Command::Project(_) => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
@@ -327,6 +411,17 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Kek(KekCommand::Generate { path }) => generate_kek(&path),
         Command::Token(TokenCommand::Generate { client_id, roles }) => generate_token(&client_id, &roles),
+        Command::Config(ConfigCommand::Check { process }) => config::check(cli.config.as_deref(), &process),
+        Command::Lead { command, server } => {
+            tokio_runtime().and_then(|runtime| runtime.block_on(client::lead(&server, command)))
+        }
+        Command::Sla { command, server } => {
+            tokio_runtime().and_then(|runtime| runtime.block_on(client::sla(&server, command)))
+        }
+        Command::Report { command, server } => {
+            tokio_runtime().and_then(|runtime| runtime.block_on(report::run(&server, command)))
+        }
+        Command::Demo(args) => tokio_runtime().and_then(|runtime| runtime.block_on(demo::run(args))),
         Command::Serve(args) => tokio_runtime().and_then(|runtime| runtime.block_on(serve(args))),
         Command::Relay(args) => tokio_runtime().and_then(|runtime| runtime.block_on(relay(args))),
         Command::Project(args) => tokio_runtime().and_then(|runtime| runtime.block_on(project(args))),
@@ -366,17 +461,70 @@ fn generate_token(client_id: &str, roles: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let url = DatabaseUrl::parse(&args.database_url).with_context(|| {
-        format!("--database-url {:?} must start with sqlite: or postgres://", redact(&args.database_url))
-    })?;
-    let (kek_path, missing) = match (&args.kek_file, &url) {
-        (Some(path), _) => (path.clone(), MissingKek::Fail),
-        (None, DatabaseUrl::Sqlite(url)) => (kek_next_to(url)?, MissingKek::Create),
-        (None, DatabaseUrl::Postgres(_)) => bail!(
-            "--kek-file (LEADGER_KEK_FILE) is required with PostgreSQL: every server of a deployment must share one key; create it with `leadger kek generate PATH`"
+impl ServeArgs {
+    fn database(&self) -> anyhow::Result<DatabaseUrl> {
+        DatabaseUrl::parse(&self.database_url).with_context(|| {
+            format!("--database-url {:?} must start with sqlite: or postgres://", redact(&self.database_url))
+        })
+    }
+
+    /// The key-encryption key file, and whether a missing one is created.
+    fn kek(&self, database: &DatabaseUrl) -> anyhow::Result<(PathBuf, MissingKek)> {
+        Ok(match (&self.kek_file, database) {
+            (Some(path), _) => (path.clone(), MissingKek::Fail),
+            (None, DatabaseUrl::Sqlite(url)) => (kek_next_to(url)?, MissingKek::Create),
+            (None, DatabaseUrl::Postgres(_)) => bail!(
+                "--kek-file (LEADGER_KEK_FILE) is required with PostgreSQL: every server of a deployment must share one key; create it with `leadger kek generate PATH`"
+            ),
+        })
+    }
+}
+
+/// The PostgreSQL URL a worker process (`relay`, `project`) needs.
+fn worker_database(process: &str, url: &str) -> anyhow::Result<String> {
+    match DatabaseUrl::parse(url) {
+        Some(DatabaseUrl::Postgres(database)) => Ok(database),
+        Some(DatabaseUrl::Sqlite(_)) if process == "relay" => bail!(
+            "`leadger relay` runs beside servers on PostgreSQL; with SQLite, give --nats-url to `leadger serve`, which relays in process"
         ),
-    };
+        Some(DatabaseUrl::Sqlite(_)) => bail!(
+            "`leadger project` runs beside servers on PostgreSQL; with SQLite, `leadger serve` runs the projector in process"
+        ),
+        None => bail!("--database-url {:?} must start with postgres://", redact(url)),
+    }
+}
+
+/// The checks of `leadger config check PROCESS` that need no network: URLs
+/// parse, the files named exist and parse, the listen address is allowed.
+fn validate(process: &str, matches: &ArgMatches) -> anyhow::Result<()> {
+    match process {
+        "serve" => {
+            let args = ServeArgs::from_arg_matches(matches)?;
+            let database = args.database()?;
+            let (kek, missing) = args.kek(&database)?;
+            if missing == MissingKek::Fail || kek.exists() {
+                Vault::open(&kek, MissingKek::Fail)?;
+            }
+            args.security.server_settings(args.listen)?;
+        }
+        "relay" => {
+            let args = RelayArgs::from_arg_matches(matches)?;
+            worker_database(process, &args.database_url)?;
+            if args.nats.nats_url.is_none() {
+                bail!("--nats-url (LEADGER_NATS_URL) is required: the relay publishes to NATS");
+            }
+        }
+        _ => {
+            let args = ProjectArgs::from_arg_matches(matches)?;
+            worker_database(process, &args.database_url)?;
+        }
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let url = args.database()?;
+    let (kek_path, missing) = args.kek(&url)?;
     let (vault, created) = Vault::open(&kek_path, missing)?;
     if created {
         tracing::warn!(path = %kek_path.display(), "created a new key-encryption key; back it up: without it no personal data in the log can be read");
@@ -419,6 +567,8 @@ async fn run<L: EventLog + Leases + JourneyStore + Agreements>(
     let log = Arc::new(log);
     let nats = &args.nats;
     let clock = config.clock.clone();
+    let exporter = args.metrics.open().await?;
+    let mut samplers = vec![metrics::log_sampler(log.clone())];
     let mut background = Background::default();
     if !args.no_projector {
         let projector_log = log.clone();
@@ -426,11 +576,13 @@ async fn run<L: EventLog + Leases + JourneyStore + Agreements>(
             let (applied, _) = watch::channel(0);
             tokio::spawn(run_projector(projector_log, ProjectorConfig::default(), appended, applied, stopping))
         }));
+        samplers.push(metrics::projector_sampler(log.clone(), clock.clone()));
     }
     if let Some(url) = &nats.nats_url {
         let config = nats.relay_config();
         let client = nats.connection(url, &config.holder).connect().await?;
         let (status_tx, status) = watch::channel(RelayStatus { state: RelayState::Starting, published: 0 });
+        samplers.push(metrics::relay_sampler(log.clone(), status.clone(), client.clone(), clock.clone()));
         background.health_checks.push(HealthCheck { service: RELAY_HEALTH_SERVICE, serving: relay_health(status) });
         let (notifier_log, notifier_client) = (log.clone(), client.clone());
         let breaches = nats.breach_config(clock);
@@ -442,6 +594,11 @@ async fn run<L: EventLog + Leases + JourneyStore + Agreements>(
             tokio::spawn(run_relay(relay_log, client, config, appended, status_tx, stopping))
         }));
         tracing::info!(nats = url, stream = nats.nats_stream, "relay enabled");
+    }
+    if let Some((listener, handle)) = exporter {
+        background.companions.push(Box::new(move |_, stopping| {
+            tokio::spawn(metrics::serve(listener, handle, samplers, stopping))
+        }));
     }
     let address = listener.local_addr()?;
     tracing::info!(%address, database, "leadger serving gRPC");
@@ -471,13 +628,8 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     let Some(url) = args.nats.nats_url.as_deref() else {
         bail!("--nats-url (LEADGER_NATS_URL) is required: the relay publishes to NATS");
     };
-    let database = match DatabaseUrl::parse(&args.database_url) {
-        Some(DatabaseUrl::Postgres(database)) => database,
-        Some(DatabaseUrl::Sqlite(_)) => bail!(
-            "`leadger relay` runs beside servers on PostgreSQL; with SQLite, give --nats-url to `leadger serve`, which relays in process"
-        ),
-        None => bail!("--database-url {:?} must start with postgres://", redact(&args.database_url)),
-    };
+    let database = worker_database("relay", &args.database_url)?;
+    let exporter = args.metrics.open().await?;
     let shown = redact(&database);
     let log = Arc::new(PostgresLog::connect(&database).await.with_context(|| format!("connect to {shown}"))?);
     let config = args.nats.relay_config();
@@ -494,7 +646,15 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         holder = config.holder,
         "relay starting"
     );
-    let breaches = args.nats.breach_config(leadger_store::committer::system_clock());
+    let clock = leadger_store::committer::system_clock();
+    let exporter = exporter.map(|(listener, handle)| {
+        let samplers = vec![
+            metrics::log_sampler(log.clone()),
+            metrics::relay_sampler(log.clone(), status.clone(), client.clone(), clock.clone()),
+        ];
+        tokio::spawn(metrics::serve(listener, handle, samplers, stopping.clone()))
+    });
+    let breaches = args.nats.breach_config(clock);
     let notifier = tokio::spawn(run_breach_notifier(log.clone(), client.clone(), breaches, stopping.clone()));
     let relay = tokio::spawn(run_relay(log, client, config, appended, status_tx, stopping));
     shutdown_signal().await;
@@ -502,6 +662,9 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     let _ = stopping_tx.send(true);
     relay.await.context("the relay task failed")?;
     notifier.await.context("the SLA-breach notifier failed")?;
+    if let Some(exporter) = exporter {
+        exporter.await.context("the metrics server failed")?;
+    }
     Ok(())
 }
 
@@ -525,13 +688,8 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let database = match DatabaseUrl::parse(&args.database_url) {
-        Some(DatabaseUrl::Postgres(database)) => database,
-        Some(DatabaseUrl::Sqlite(_)) => bail!(
-            "`leadger project` runs beside servers on PostgreSQL; with SQLite, `leadger serve` runs the projector in process"
-        ),
-        None => bail!("--database-url {:?} must start with postgres://", redact(&args.database_url)),
-    };
+    let database = worker_database("project", &args.database_url)?;
+    let exporter = args.metrics.open().await?;
     let shown = redact(&database);
     let log = Arc::new(PostgresLog::connect(&database).await.with_context(|| format!("connect to {shown}"))?);
     let head = log.head_position().await.context("read the log head")?;
@@ -541,11 +699,19 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
     let (stopping_tx, stopping) = watch::channel(false);
     let config = ProjectorConfig { lease_ttl: args.lease_ttl, ..ProjectorConfig::default() };
     tracing::info!(database = shown, holder = config.holder, "projector starting");
+    let exporter = exporter.map(|(listener, handle)| {
+        let clock = leadger_store::committer::system_clock();
+        let samplers = vec![metrics::log_sampler(log.clone()), metrics::projector_sampler(log.clone(), clock)];
+        tokio::spawn(metrics::serve(listener, handle, samplers, stopping.clone()))
+    });
     let projector = tokio::spawn(run_projector(log, config, appended, applied_tx, stopping));
     shutdown_signal().await;
     tracing::info!(applied = *applied.borrow(), "projector shutting down");
     let _ = stopping_tx.send(true);
     projector.await.context("the projector task failed")?;
+    if let Some(exporter) = exporter {
+        exporter.await.context("the metrics server failed")?;
+    }
     Ok(())
 }
 
@@ -583,7 +749,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "listen for ctrl-c");
