@@ -31,6 +31,7 @@ fn capture(email: &str) -> PendingCommand {
             request_hash: String::new(),
             correlation_id: None,
             roles: leadger_domain::Roles::ALL,
+            trace: None,
         },
     }
 }

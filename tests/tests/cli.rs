@@ -107,6 +107,47 @@ async fn a_lead_lives_through_the_cli_and_shows_in_the_reports() {
     server.terminate().await.expect("stop the server");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_applies_each_line_once_and_lists_the_rejected_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(&leadger_binary!(), dir.path(), &["--database-url", "sqlite://import.db"])
+        .await
+        .expect("start the server");
+    let url = format!("http://{}", server.addr);
+    let history = dir.path().join("history.jsonl");
+    let lines = [
+        r#"{"lead": "crm-1", "type": "captured", "occurred_at": "2026-01-05T10:00:00Z", "email": "ada@example.com", "source": "web"}"#,
+        r#"{"lead": "crm-1", "type": "qualified", "occurred_at": "2026-01-06T10:00:00Z", "score": 70, "assignee": "ben"}"#,
+        r#"{"lead": "crm-1", "type": "accepted", "occurred_at": "2026-01-06T12:00:00Z", "owner": "ben"}"#,
+        r#"{"lead": "crm-1", "type": "closed", "occurred_at": "2026-02-01", "outcome": "won", "amount": "5000.00", "currency": "EUR"}"#,
+        r#"{"lead": "crm-1", "type": "feedback", "occurred_at": "2026-02-02", "rating": 5, "reason_codes": ["good-fit"]}"#,
+        r#"{"lead": "crm-2", "type": "captured", "occurred_at": "2026-01-07", "email": "not-an-email"}"#,
+        r#"{"lead": "crm-3", "type": "archived", "occurred_at": "2026-01-07"}"#,
+        r#"{"lead": "crm-4", "type": "captured", "occurred_at": "2026-01-07", "email": "cy@example.com", "colour": "red"}"#,
+        "not json",
+    ];
+    std::fs::write(&history, lines.join("\n")).expect("write the history");
+    let history = history.to_str().expect("utf-8 path");
+    let first = leadger(&["import", history, "--server", &url]).await;
+    let said = text(&first);
+    assert!(!first.status.success(), "rejected lines make the exit code 1: {said}");
+    assert!(said.contains("imported 5 lines") && said.contains("rejected 4"), "{said}");
+    assert!(said.contains("line 6: InvalidArgument") && said.contains("email"), "{said}");
+    assert!(said.contains("line 7: type:"), "{said}");
+    assert!(said.contains("line 8: colour:"), "{said}");
+    assert!(said.contains("line 9: not a JSON object"), "{said}");
+
+    let funnel = json(&url, &["report", "funnel"]).await;
+    let position = funnel["as_of_position"].clone();
+    let second = leadger(&["import", history, "--server", &url]).await;
+    assert!(text(&second).contains("imported 5 lines"), "{}", text(&second));
+    let again = json(&url, &["report", "funnel"]).await;
+    assert_eq!(again["as_of_position"], position, "a re-run appends nothing");
+    assert_eq!(again["groups"][0]["stages"][3]["stage"], "WON");
+    assert_eq!(again["groups"][0]["stages"][3]["reached"], 1);
+    server.terminate().await.expect("stop the server");
+}
+
 #[tokio::test]
 async fn config_check_prints_effective_settings_with_secrets_masked() {
     let dir = tempfile::tempdir().expect("temp dir");

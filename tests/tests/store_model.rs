@@ -257,6 +257,7 @@ async fn check<L: EventLog>(log: &L, vault: &Vault, batches: &[Vec<Op>]) -> Resu
                     request_hash: request_hash(op),
                     correlation_id: None,
                     roles: roles_of(op.client),
+                    trace: None,
                 },
             })
             .collect();

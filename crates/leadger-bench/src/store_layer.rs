@@ -213,6 +213,7 @@ fn pending_command(
             request_hash,
             correlation_id: None,
             roles: leadger_domain::Roles::ALL,
+            trace: None,
         },
     })
 }

@@ -1,5 +1,6 @@
 //! `LeadCommandService`: validate, submit to the group committer, answer
-//! only once the event is durable.
+//! only once the event is durable. Each command runs in its own span
+//! ([`trace`](crate::trace)).
 
 use leadger_proto::leads::v1 as pb;
 use leadger_proto::leads::v1::lead_command_service_server::LeadCommandService;
@@ -11,11 +12,13 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span};
 
 use crate::auth::Caller;
 use crate::error::{invalid_argument, read_status, status};
 use crate::present;
 use crate::request::{self, ValidCommand};
+use crate::trace;
 use leadger_domain::{Roles, ValidationError};
 
 /// Metadata key naming the calling client on a server without credentials;
@@ -33,8 +36,14 @@ pub(crate) struct CommandService<L> {
     clock: Clock,
 }
 
-/// Who sent `message` (of `rpc`) and the keys that make a retry safe.
-fn origin<M: Message>(rpc: &'static str, request: &Request<M>, request_id: Option<String>) -> Result<Origin, Status> {
+/// Who sent `message` (of `rpc`, running in `span`) and the keys that make
+/// a retry safe.
+fn origin<M: Message>(
+    rpc: &'static str,
+    request: &Request<M>,
+    request_id: Option<String>,
+    span: &Span,
+) -> Result<Origin, Status> {
     // Authenticated callers are who their credentials say; on an open server
     // the client names itself.
     let (client_id, roles) = match request.extensions().get::<Caller>() {
@@ -49,7 +58,12 @@ fn origin<M: Message>(rpc: &'static str, request: &Request<M>, request_id: Optio
     let request_hash = hex::encode(
         Sha256::new().chain_update(rpc).chain_update([0]).chain_update(request.get_ref().encode_to_vec()).finalize(),
     );
-    Ok(Origin { client_id, request_id, request_hash, correlation_id, roles })
+    span.record("client_id", client_id.as_str());
+    if let Some(request_id) = &request_id {
+        span.record("request_id", request_id.as_str());
+    }
+    let trace = trace::trace_context(span, request.metadata());
+    Ok(Origin { client_id, request_id, request_hash, correlation_id, roles, trace })
 }
 
 impl<L: Agreements> CommandService<L> {
@@ -63,20 +77,48 @@ impl<L: Agreements> CommandService<L> {
         request: Request<M>,
         validate: fn(&M) -> Result<ValidCommand, Status>,
     ) -> Result<pb::CommandResult, Status> {
+        let span = trace::command_span(rpc, request.metadata());
+        let result = self.submit(rpc, request, validate, &span).instrument(span.clone()).await;
+        trace::record_outcome(&span, result.as_ref().map(|r| (r.version, r.position)));
+        result
+    }
+
+    async fn submit<M: Message>(
+        &self,
+        rpc: &'static str,
+        request: Request<M>,
+        validate: fn(&M) -> Result<ValidCommand, Status>,
+        span: &Span,
+    ) -> Result<pb::CommandResult, Status> {
         let valid = validate(request.get_ref())?;
         let lead_id = valid.command.lead_id;
-        let pending = PendingCommand { origin: origin(rpc, &request, valid.request_id)?, command: valid.command };
-        let request_id = pending.origin.request_id.clone().unwrap_or_default();
+        span.record("lead_id", tracing::field::display(lead_id));
+        let pending = PendingCommand { origin: origin(rpc, &request, valid.request_id, span)?, command: valid.command };
         match self.gateway.submit(pending).await {
             Ok(outcome) => {
-                tracing::debug!(rpc, %lead_id, request_id, position = outcome.position, replayed = outcome.replayed, "command applied");
+                span.record("replayed", outcome.replayed);
+                tracing::debug!("command applied");
                 Ok(present::command_result(&outcome))
             }
             Err(refusal) => {
-                tracing::debug!(rpc, %lead_id, request_id, %refusal, "command refused");
+                tracing::debug!(%refusal, "command refused");
                 Err(status(&refusal))
             }
         }
+    }
+
+    /// Appends a new SLA policy version; its `(version, position)`.
+    async fn record_sla_policy(
+        &self,
+        request: Request<pb::DefineSlaPolicyRequest>,
+        span: &Span,
+    ) -> Result<(u64, u64), Status> {
+        let now = (self.clock)();
+        let (policy, request_id) = request::sla_policy(request.get_ref(), now)?;
+        let origin = origin("DefineSlaPolicy", &request, request_id, span)?;
+        let outcome = self.log.define_sla_policy(&policy, &origin, now).await.map_err(|e| read_status(&e))?;
+        tracing::info!(version = outcome.version, position = outcome.position, "SLA policy defined");
+        Ok((outcome.version, outcome.position))
     }
 }
 
@@ -166,11 +208,10 @@ impl<L: Agreements> LeadCommandService for CommandService<L> {
         &self,
         request: Request<pb::DefineSlaPolicyRequest>,
     ) -> Result<Response<pb::DefineSlaPolicyResponse>, Status> {
-        let now = (self.clock)();
-        let (policy, request_id) = request::sla_policy(request.get_ref(), now)?;
-        let origin = origin("DefineSlaPolicy", &request, request_id)?;
-        let outcome = self.log.define_sla_policy(&policy, &origin, now).await.map_err(|e| read_status(&e))?;
-        tracing::info!(version = outcome.version, position = outcome.position, "SLA policy defined");
-        Ok(Response::new(pb::DefineSlaPolicyResponse { version: outcome.version, position: outcome.position }))
+        let span = trace::command_span("DefineSlaPolicy", request.metadata());
+        let outcome = self.record_sla_policy(request, &span).instrument(span.clone()).await;
+        trace::record_outcome(&span, outcome.as_ref().copied());
+        let (version, position) = outcome?;
+        Ok(Response::new(pb::DefineSlaPolicyResponse { version, position }))
     }
 }

@@ -17,6 +17,7 @@ mod present;
 mod query_service;
 mod request;
 mod server;
+mod trace;
 
 pub use auth::{Authenticator, Caller, Credentials};
 pub use command_service::{CLIENT_ID_HEADER, CORRELATION_ID_HEADER};

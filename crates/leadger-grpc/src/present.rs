@@ -163,6 +163,7 @@ fn envelope(recorded: &RecordedEvent, payload: Option<pb::lead_event::Payload>) 
         request_id: recorded.metadata.request_id.clone().unwrap_or_default(),
         correlation_id: recorded.metadata.correlation_id.clone().unwrap_or_default(),
         client_id: recorded.metadata.client_id.clone(),
+        traceparent: recorded.metadata.traceparent.clone().unwrap_or_default(),
         payload,
     }
 }

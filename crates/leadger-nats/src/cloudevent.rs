@@ -59,6 +59,17 @@ pub fn to_cloud_event(event: &RecordedEvent, source: &str) -> Result<OutboundEve
     headers.insert("ce-dataschema", format!("urn:leadger:schema:{ce_type}:{PAYLOAD_SCHEMA_VERSION}").as_str());
     headers.insert(POSITION_HEADER, event.position.to_string().as_str());
     headers.insert("ce-leadversion", event.version.to_string().as_str());
+    // The trace of the command that appended the event, so a consumer
+    // continues it: under the W3C names that tracing libraries read, and as
+    // the CloudEvents distributed-tracing extension's attributes.
+    if let Some(traceparent) = &event.metadata.traceparent {
+        headers.insert("traceparent", traceparent.as_str());
+        headers.insert("ce-traceparent", traceparent.as_str());
+    }
+    if let Some(tracestate) = &event.metadata.tracestate {
+        headers.insert("tracestate", tracestate.as_str());
+        headers.insert("ce-tracestate", tracestate.as_str());
+    }
     Ok(OutboundEvent {
         subject: format!("{EVENT_SUBJECT_PREFIX}.{event_name}.{ce_subject}"),
         headers,
@@ -96,7 +107,13 @@ mod tests {
             event_type: event_type.to_string(),
             schema_version: 1,
             payload: payload.to_string(),
-            metadata: EventMetadata { request_id: None, client_id: "crm".to_string(), correlation_id: None },
+            metadata: EventMetadata {
+                request_id: None,
+                client_id: "crm".to_string(),
+                correlation_id: None,
+                traceparent: None,
+                tracestate: None,
+            },
             occurred_at: Timestamp::from_micros(1_795_511_700_123_456).expect("in range"),
             recorded_at: Timestamp::from_micros(1_795_511_701_000_000).expect("in range"),
         }
@@ -125,6 +142,25 @@ mod tests {
             std::str::from_utf8(&event.payload).expect("utf-8"),
             format!(r#"{{"amount":{{"amount_minor":125000,"currency":"EUR"}},"lead_id":"{lead}","stage":"WON"}}"#)
         );
+    }
+
+    #[test]
+    fn the_commands_trace_context_rides_in_w3c_and_cloud_events_headers() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut traced = recorded("lead.assigned", r#"{"assignee":"rep-7"}"#);
+        traced.metadata.traceparent = Some(traceparent.to_string());
+        traced.metadata.tracestate = Some("congo=t61rcWkgMzE".to_string());
+        let event = to_cloud_event(&traced, "urn:leadger:leads").expect("converts");
+        for name in ["traceparent", "ce-traceparent"] {
+            assert_eq!(header(&event, name), traceparent, "{name}");
+        }
+        for name in ["tracestate", "ce-tracestate"] {
+            assert_eq!(header(&event, name), "congo=t61rcWkgMzE", "{name}");
+        }
+
+        let untraced = to_cloud_event(&recorded("lead.assigned", r#"{"assignee":"rep-7"}"#), "urn:leadger:leads")
+            .expect("converts");
+        assert!(untraced.headers.get("traceparent").is_none() && untraced.headers.get("ce-traceparent").is_none());
     }
 
     #[test]

@@ -42,15 +42,6 @@ pub trait Agreements: Send + Sync + 'static {
     fn sla_policies(&self) -> impl Future<Output = Result<Vec<RecordedPolicy>, StoreError>> + Send;
 }
 
-fn metadata(origin: &Origin) -> String {
-    let metadata = EventMetadata {
-        request_id: origin.request_id.clone(),
-        client_id: origin.client_id.clone(),
-        correlation_id: origin.correlation_id.clone(),
-    };
-    serde_json::to_string(&metadata).expect("metadata always serializes")
-}
-
 fn outcome((version, position): (i64, i64)) -> Result<AgreementOutcome, StoreError> {
     Ok(AgreementOutcome { version: unsigned(version, "version")?, position: unsigned(position, "position")? })
 }
@@ -105,7 +96,7 @@ impl Agreements for PostgresLog {
         .bind(SLA_POLICY_DEFINED)
         .bind(SCHEMA_VERSION)
         .bind(encode_sla_policy(policy))
-        .bind(metadata(origin))
+        .bind(EventMetadata::of(origin).to_json())
         .bind(now.as_micros())
         .execute(&mut *tx)
         .await?;
@@ -172,7 +163,7 @@ impl Agreements for SqliteLog {
         .bind(SLA_POLICY_DEFINED)
         .bind(SCHEMA_VERSION)
         .bind(encode_sla_policy(policy))
-        .bind(metadata(origin))
+        .bind(EventMetadata::of(origin).to_json())
         .bind(now.as_micros())
         .execute(&mut *tx)
         .await?;

@@ -22,6 +22,7 @@ mod lease;
 mod planner;
 mod postgres;
 mod sqlite;
+mod trace_context;
 pub mod vault;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ pub use journeys::{JourneyCursor, JourneyScope, JourneySnapshot, JourneyStore};
 pub use lease::{Lease, Leases};
 pub use postgres::PostgresLog;
 pub use sqlite::SqliteLog;
+pub use trace_context::TraceContext;
 pub use vault::{DataKey, MissingKek, Vault, VaultError};
 
 /// Who sent a command, and the keys that make a retry safe.
@@ -55,6 +57,8 @@ pub struct Origin {
     /// What the caller may do; checked against the lead's stage when the
     /// command is decided.
     pub roles: Roles,
+    /// The trace the command belongs to, stored with its event.
+    pub trace: Option<TraceContext>,
 }
 
 /// A validated command on its way into the log.
@@ -147,6 +151,30 @@ pub struct EventMetadata {
     pub client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// W3C `traceparent` of the command that appended the event (its server
+    /// span when traces are exported): a reader continues the trace from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+impl EventMetadata {
+    /// The metadata of an event `origin`'s command appends.
+    fn of(origin: &Origin) -> Self {
+        Self {
+            request_id: origin.request_id.clone(),
+            client_id: origin.client_id.clone(),
+            correlation_id: origin.correlation_id.clone(),
+            traceparent: origin.trace.as_ref().map(|trace| trace.traceparent().to_string()),
+            tracestate: origin.trace.as_ref().and_then(|trace| trace.tracestate()).map(str::to_string),
+        }
+    }
+
+    /// The JSON of the `metadata` column.
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("metadata always serializes")
+    }
 }
 
 /// One event as stored in the log: the persisted form, personal fields sealed.
@@ -353,4 +381,36 @@ fn lead_head(
 fn as_i64(value: u64) -> i64 {
     // Positions and versions count events; they never reach 2^63.
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_from_before_tracing_still_decodes_and_an_untraced_event_stores_no_trace_keys() {
+        let old: EventMetadata = serde_json::from_str(r#"{"request_id":"r-1","client_id":"crm"}"#).expect("decodes");
+        assert_eq!(old.traceparent, None);
+        assert_eq!(old.to_json(), r#"{"request_id":"r-1","client_id":"crm"}"#);
+    }
+
+    #[test]
+    fn metadata_carries_the_trace_of_its_command() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let origin = Origin {
+            client_id: "crm".into(),
+            request_id: None,
+            request_hash: String::new(),
+            correlation_id: None,
+            roles: Roles::ALL,
+            trace: TraceContext::parse(traceparent, Some("congo=t61rcWkgMzE")),
+        };
+        let json = EventMetadata::of(&origin).to_json();
+        assert_eq!(
+            json,
+            format!(r#"{{"client_id":"crm","traceparent":"{traceparent}","tracestate":"congo=t61rcWkgMzE"}}"#)
+        );
+        let back: EventMetadata = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(back.traceparent.as_deref(), Some(traceparent));
+    }
 }

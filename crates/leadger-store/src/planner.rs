@@ -285,11 +285,6 @@ fn plan_one(
         stage: new_head.lead.stage,
         replayed: false,
     };
-    let metadata = EventMetadata {
-        request_id: origin.request_id.clone(),
-        client_id: origin.client_id.clone(),
-        correlation_id: origin.correlation_id.clone(),
-    };
     plan.events.push(NewEvent {
         position,
         event_id: Uuid::now_v7(),
@@ -297,7 +292,7 @@ fn plan_one(
         version: new_head.lead.version,
         event_type: codec::event_type(&event.kind),
         payload,
-        metadata: serde_json::to_string(&metadata).expect("metadata always serializes"),
+        metadata: EventMetadata::of(origin).to_json(),
         occurred_at: event.occurred_at,
         recorded_at: now,
     });
@@ -342,6 +337,7 @@ mod tests {
                 request_hash: String::new(),
                 correlation_id: None,
                 roles: leadger_domain::Roles::ALL,
+                trace: None,
             },
         }
     }

@@ -288,6 +288,52 @@ pub enum BreachState {
     Late,
 }
 
+/// One command of any kind, for the senders of many (`demo`, `import`).
+pub enum Call {
+    Capture(pb::CaptureLeadRequest),
+    Qualify(pb::QualifyLeadRequest),
+    Assign(pb::AssignLeadRequest),
+    Accept(pb::AcceptLeadRequest),
+    Reject(pb::RejectLeadRequest),
+    Close(pb::CloseLeadRequest),
+    Feedback(pb::RecordFeedbackRequest),
+}
+
+impl Call {
+    /// Sends the command with this idempotency key and business time.
+    pub async fn send(
+        self,
+        api: &mut Server,
+        request_id: String,
+        occurred_at: Option<prost_types::Timestamp>,
+    ) -> Result<Option<pb::CommandResult>, tonic::Status> {
+        let commands = &mut api.commands;
+        Ok(match self {
+            Call::Capture(r) => {
+                commands.capture_lead(pb::CaptureLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+            }
+            Call::Qualify(r) => {
+                commands.qualify_lead(pb::QualifyLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+            }
+            Call::Assign(r) => {
+                commands.assign_lead(pb::AssignLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+            }
+            Call::Accept(r) => {
+                commands.accept_lead(pb::AcceptLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+            }
+            Call::Reject(r) => {
+                commands.reject_lead(pb::RejectLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+            }
+            Call::Close(r) => {
+                commands.close_lead(pb::CloseLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+            }
+            Call::Feedback(r) => {
+                commands.record_feedback(pb::RecordFeedbackRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+            }
+        })
+    }
+}
+
 /// `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
 pub fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
     let timestamp = match jiff::Timestamp::from_str(text) {
@@ -301,7 +347,7 @@ pub fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
 }
 
 /// `12000.50` → 1200050 minor units.
-fn minor_units(amount: &str) -> anyhow::Result<i64> {
+pub fn minor_units(amount: &str) -> anyhow::Result<i64> {
     let (whole, fraction) = amount.split_once('.').unwrap_or((amount, ""));
     let digits_ok = !whole.is_empty() && whole.bytes().all(|b| b.is_ascii_digit()) && fraction.len() <= 2;
     if !digits_ok || !fraction.bytes().all(|b| b.is_ascii_digit()) {

@@ -23,7 +23,7 @@ use leadger_store::{MissingKek, SqliteLog, Vault};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::client::{Server, ServerArgs, refused};
+use crate::client::{Call, Server, ServerArgs, refused};
 use crate::report::{self, GroupBy, WindowArgs};
 
 #[derive(Debug, Args)]
@@ -100,17 +100,9 @@ impl Rng {
 
 /// One lead's life: commands with their business times, in order.
 struct Story {
-    steps: Vec<(i64, Step)>,
+    steps: Vec<(i64, Call)>,
 }
 
-enum Step {
-    Capture(pb::CaptureLeadRequest),
-    Qualify(pb::QualifyLeadRequest),
-    Accept(pb::AcceptLeadRequest),
-    Reject(pb::RejectLeadRequest),
-    Close(pb::CloseLeadRequest),
-    Feedback(pb::RecordFeedbackRequest),
-}
 
 fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
     let mut roll = rng.unit();
@@ -126,7 +118,7 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
     let mut t = start + rng.between(0, QUARTER);
     steps.push((
         t,
-        Step::Capture(pb::CaptureLeadRequest {
+        Call::Capture(pb::CaptureLeadRequest {
             lead_id: lead_id.clone(),
             email: format!("contact{index}@company{}.example", index % 97),
             name: format!("Contact {index}"),
@@ -145,7 +137,7 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
     let rep = rng.pick(REPS).to_string();
     steps.push((
         t,
-        Step::Qualify(pb::QualifyLeadRequest {
+        Call::Qualify(pb::QualifyLeadRequest {
             lead_id: lead_id.clone(),
             score: Some(rng.between(40, 96) as i32),
             assignee: rep.clone(),
@@ -159,14 +151,14 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
     let accepted = rng.chance(source.accept);
     let rating = |rng: &mut Rng, good: bool| if good { rng.between(3, 6) as i32 } else { rng.between(1, 4) as i32 };
     if accepted {
-        steps.push((t, Step::Accept(pb::AcceptLeadRequest { lead_id: lead_id.clone(), owner: rep, ..Default::default() })));
+        steps.push((t, Call::Accept(pb::AcceptLeadRequest { lead_id: lead_id.clone(), owner: rep, ..Default::default() })));
     } else {
         let reason = rng.pick(REJECTIONS).to_string();
-        steps.push((t, Step::Reject(pb::RejectLeadRequest { lead_id: lead_id.clone(), reason, ..Default::default() })));
+        steps.push((t, Call::Reject(pb::RejectLeadRequest { lead_id: lead_id.clone(), reason, ..Default::default() })));
         if rng.chance(0.6) {
             t += rng.between(HOUR, DAY);
             let rating = rating(rng, false);
-            steps.push((t, Step::Feedback(pb::RecordFeedbackRequest {
+            steps.push((t, Call::Feedback(pb::RecordFeedbackRequest {
                 lead_id: lead_id.clone(),
                 rating,
                 reason_codes: vec!["poor-fit".to_string()],
@@ -181,7 +173,7 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
     let won = rng.chance(source.win);
     steps.push((
         t,
-        Step::Close(pb::CloseLeadRequest {
+        Call::Close(pb::CloseLeadRequest {
             lead_id: lead_id.clone(),
             outcome: if won { pb::Outcome::Won } else { pb::Outcome::Lost } as i32,
             amount_minor: if won { rng.between(50, 600) * 10_000 } else { 0 },
@@ -194,7 +186,7 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
         t += rng.between(HOUR, 2 * DAY);
         let rating = rating(rng, won);
         let reason = if won { "good-fit" } else { "weak-intent" };
-        steps.push((t, Step::Feedback(pb::RecordFeedbackRequest {
+        steps.push((t, Call::Feedback(pb::RecordFeedbackRequest {
             lead_id,
             rating,
             reason_codes: vec![reason.to_string()],
@@ -233,28 +225,8 @@ fn at(seconds: i64) -> Option<prost_types::Timestamp> {
 /// Sends one lead's commands in order; returns the last log position.
 async fn tell(mut api: Server, story: Story) -> Result<u64, tonic::Status> {
     let mut position = 0;
-    for (time, step) in story.steps {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let result = match step {
-            Step::Capture(r) => {
-                api.commands.capture_lead(pb::CaptureLeadRequest { request_id, occurred_at: at(time), ..r }).await?.into_inner().result
-            }
-            Step::Qualify(r) => {
-                api.commands.qualify_lead(pb::QualifyLeadRequest { request_id, occurred_at: at(time), ..r }).await?.into_inner().result
-            }
-            Step::Accept(r) => {
-                api.commands.accept_lead(pb::AcceptLeadRequest { request_id, occurred_at: at(time), ..r }).await?.into_inner().result
-            }
-            Step::Reject(r) => {
-                api.commands.reject_lead(pb::RejectLeadRequest { request_id, occurred_at: at(time), ..r }).await?.into_inner().result
-            }
-            Step::Close(r) => {
-                api.commands.close_lead(pb::CloseLeadRequest { request_id, occurred_at: at(time), ..r }).await?.into_inner().result
-            }
-            Step::Feedback(r) => {
-                api.commands.record_feedback(pb::RecordFeedbackRequest { request_id, occurred_at: at(time), ..r }).await?.into_inner().result
-            }
-        };
+    for (time, call) in story.steps {
+        let result = call.send(&mut api, uuid::Uuid::new_v4().to_string(), at(time)).await?;
         position = position.max(result.map_or(0, |r| r.position));
     }
     Ok(position)

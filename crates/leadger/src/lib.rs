@@ -25,8 +25,10 @@ use tokio::sync::watch;
 mod client;
 mod config;
 mod demo;
+mod import;
 mod metrics;
 mod report;
+mod telemetry;
 
 #[derive(Debug, Parser)]
 #[command(name = "leadger", version, about = "Event-sourced lead lifecycle service for sales and marketing")]
@@ -38,6 +40,10 @@ pub struct Cli {
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "LEADGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Export traces over OTLP/gRPC to this collector, such as
+    /// http://127.0.0.1:4317 (plaintext). Off when unset.
+    #[arg(long, env = "LEADGER_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +93,9 @@ enum Command {
     /// See leadger work in a minute: an embedded server, a quarter of
     /// synthetic leads through its gRPC API, and the reports.
     Demo(demo::DemoArgs),
+    /// Import lead history from another CRM (CSV or JSON Lines, one
+    /// lifecycle event per line) through the command API; safe to re-run.
+    Import(import::ImportArgs),
     /// Check a configuration and print the effective settings.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -397,17 +406,22 @@ pub fn main() -> ExitCode {
         }
     };
     // Services log what they do; commands for people only what went wrong.
-    let level = match cli.command {
-        Command::Serve(_) | Command::Relay(_) | Command::Project(_) => "info",
-        _ => "warn",
+    let service = matches!(cli.command, Command::Serve(_) | Command::Relay(_) | Command::Project(_));
+    let level = if service { "info" } else { "warn" };
+    let service_name = match cli.command {
+        Command::Serve(_) => "leadger-serve",
+        Command::Relay(_) => "leadger-relay",
+        Command::Project(_) => "leadger-project",
+        _ => "leadger",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
-    }
+    // Held until the command returned: dropping it exports the last spans.
+    let _telemetry = match telemetry::init(cli.log_format, level, cli.otlp_endpoint.as_deref(), service_name) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Kek(KekCommand::Generate { path }) => generate_kek(&path),
         Command::Token(TokenCommand::Generate { client_id, roles }) => generate_token(&client_id, &roles),
@@ -421,6 +435,10 @@ pub fn main() -> ExitCode {
         Command::Report { command, server } => {
             tokio_runtime().and_then(|runtime| runtime.block_on(report::run(&server, command)))
         }
+        Command::Import(args) => tokio_runtime().and_then(|runtime| {
+            let clean = runtime.block_on(import::run(args))?;
+            if clean { Ok(()) } else { bail!("some lines were rejected (listed above)") }
+        }),
         Command::Demo(args) => tokio_runtime().and_then(|runtime| runtime.block_on(demo::run(args))),
         Command::Serve(args) => tokio_runtime().and_then(|runtime| runtime.block_on(serve(args))),
         Command::Relay(args) => tokio_runtime().and_then(|runtime| runtime.block_on(relay(args))),
@@ -432,7 +450,9 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            if service {
+                tracing::error!("{error:#}");
+            }
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
