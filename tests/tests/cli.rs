@@ -27,8 +27,9 @@ async fn json(server: &str, args: &[&str]) -> Value {
     all.extend(["--server", server, "--json"]);
     let output = leadger(&all).await;
     assert!(output.status.success(), "leadger {all:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("leadger {all:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("leadger {all:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout))
+    })
 }
 
 fn text(output: &Output) -> String {
@@ -44,17 +45,42 @@ async fn a_lead_lives_through_the_cli_and_shows_in_the_reports() {
     let url = format!("http://{}", server.addr);
     let url = url.as_str();
 
-    let captured = json(url, &[
-        "lead", "capture", "--email", "ada@example.com", "--name", "Ada", "--source", "web", "--campaign", "spring",
-        "--occurred-at", "2026-03-02T09:00:00Z",
-    ])
+    let captured = json(
+        url,
+        &[
+            "lead",
+            "capture",
+            "--email",
+            "ada@example.com",
+            "--name",
+            "Ada",
+            "--source",
+            "web",
+            "--campaign",
+            "spring",
+            "--occurred-at",
+            "2026-03-02T09:00:00Z",
+        ],
+    )
     .await;
     let lead = captured["lead_id"].as_str().expect("a lead id").to_string();
     assert_eq!(captured["stage"], "CAPTURED");
     let steps: [&[&str]; 4] = [
         &["lead", "qualify", &lead, "--score", "80", "--assignee", "ben", "--occurred-at", "2026-03-02T10:00:00Z"],
         &["lead", "accept", &lead, "--owner", "ben", "--occurred-at", "2026-03-02T11:00:00Z"],
-        &["lead", "close", &lead, "--outcome", "won", "--amount", "12000.50", "--currency", "EUR", "--occurred-at", "2026-03-20"],
+        &[
+            "lead",
+            "close",
+            &lead,
+            "--outcome",
+            "won",
+            "--amount",
+            "12000.50",
+            "--currency",
+            "EUR",
+            "--occurred-at",
+            "2026-03-20",
+        ],
         &["lead", "feedback", &lead, "--rating", "5", "--reason-code", "good-fit", "--occurred-at", "2026-03-21"],
     ];
     let mut versions = vec![captured["version"].as_u64().expect("a version")];
@@ -66,7 +92,8 @@ async fn a_lead_lives_through_the_cli_and_shows_in_the_reports() {
     let shown = json(url, &["lead", "show", &lead]).await;
     assert_eq!(shown["stage"], "WON");
     assert_eq!(shown["email"], "ada@example.com");
-    let types: Vec<&str> = shown["events"].as_array().expect("events").iter().filter_map(|e| e["type"].as_str()).collect();
+    let types: Vec<&str> =
+        shown["events"].as_array().expect("events").iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(types.len(), 5, "{types:?}");
 
     // The same request id twice: applied once.
@@ -79,7 +106,20 @@ async fn a_lead_lives_through_the_cli_and_shows_in_the_reports() {
     let refused = leadger(&["lead", "qualify", "not-a-uuid", "--server", url]).await;
     assert!(!refused.status.success());
     assert!(text(&refused).contains("lead_id"), "{}", text(&refused));
-    let bad_amount = leadger(&["lead", "close", &lead, "--outcome", "won", "--amount", "12,5", "--currency", "EUR", "--server", url]).await;
+    let bad_amount = leadger(&[
+        "lead",
+        "close",
+        &lead,
+        "--outcome",
+        "won",
+        "--amount",
+        "12,5",
+        "--currency",
+        "EUR",
+        "--server",
+        url,
+    ])
+    .await;
     assert!(!bad_amount.status.success());
     assert!(text(&bad_amount).contains("--amount"), "{}", text(&bad_amount));
 
@@ -92,7 +132,9 @@ async fn a_lead_lives_through_the_cli_and_shows_in_the_reports() {
     assert_eq!(reached("WON"), Some(1.into()));
     assert_eq!(reached("LOST"), Some(0.into()));
 
-    let conversion = json(url, &["report", "conversion", "--group-by", "source", "--from", "2026-03-01", "--to", "2026-04-01"]).await;
+    let conversion =
+        json(url, &["report", "conversion", "--group-by", "source", "--from", "2026-03-01", "--to", "2026-04-01"])
+            .await;
     let web = &conversion["groups"][0];
     assert_eq!((web["key"].as_str(), web["won"].as_u64()), (Some("web"), Some(1)));
     assert_eq!(web["won_amount"][0]["amount_minor"], 1_200_050);

@@ -44,14 +44,11 @@ async fn metrics_show_commands_latency_batches_lags_breaches_and_the_funnel() {
     let mut nats = NatsServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let metrics = format!("127.0.0.1:{}", free_port());
-    let server = ServerProcess::start(&leadger_binary!(), dir.path(), &[
-        "--database-url",
-        "sqlite://metrics.db",
-        "--metrics-listen",
-        &metrics,
-        "--nats-url",
-        &nats.url(),
-    ])
+    let server = ServerProcess::start(
+        &leadger_binary!(),
+        dir.path(),
+        &["--database-url", "sqlite://metrics.db", "--metrics-listen", &metrics, "--nats-url", &nats.url()],
+    )
     .await
     .expect("start the server");
     let url = format!("http://{}", server.addr);
@@ -62,13 +59,40 @@ async fn metrics_show_commands_latency_batches_lags_breaches_and_the_funnel() {
     let day = 86_400;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
     let at = |seconds_ago: i64| jiff::Timestamp::from_second(now - seconds_ago).expect("a time").to_string();
-    leadger(&["sla", "set-policy", "--accept-within", "1h", "--close-within", "30d", "--effective-from", &at(7 * day), "--server", url]).await;
+    leadger(&[
+        "sla",
+        "set-policy",
+        "--accept-within",
+        "1h",
+        "--close-within",
+        "30d",
+        "--effective-from",
+        &at(7 * day),
+        "--server",
+        url,
+    ])
+    .await;
     for (i, email) in ["ada@example.com", "bob@example.com"].iter().enumerate() {
         let lead = uuid::Uuid::new_v4().to_string();
         let captured = at(3 * day);
-        leadger(&["lead", "capture", "--lead-id", &lead, "--email", email, "--source", "web", "--occurred-at", &captured, "--server", url]).await;
+        leadger(&[
+            "lead",
+            "capture",
+            "--lead-id",
+            &lead,
+            "--email",
+            email,
+            "--source",
+            "web",
+            "--occurred-at",
+            &captured,
+            "--server",
+            url,
+        ])
+        .await;
         if i == 0 {
-            leadger(&["lead", "qualify", &lead, "--assignee", "ben", "--occurred-at", &at(2 * day), "--server", url]).await;
+            leadger(&["lead", "qualify", &lead, "--assignee", "ben", "--occurred-at", &at(2 * day), "--server", url])
+                .await;
         }
     }
     leadger(&["lead", "capture", "--email", "not-an-email", "--server", url]).await;

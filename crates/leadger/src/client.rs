@@ -310,10 +310,18 @@ impl Call {
         let commands = &mut api.commands;
         Ok(match self {
             Call::Capture(r) => {
-                commands.capture_lead(pb::CaptureLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+                commands
+                    .capture_lead(pb::CaptureLeadRequest { request_id, occurred_at, ..r })
+                    .await?
+                    .into_inner()
+                    .result
             }
             Call::Qualify(r) => {
-                commands.qualify_lead(pb::QualifyLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+                commands
+                    .qualify_lead(pb::QualifyLeadRequest { request_id, occurred_at, ..r })
+                    .await?
+                    .into_inner()
+                    .result
             }
             Call::Assign(r) => {
                 commands.assign_lead(pb::AssignLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
@@ -328,7 +336,11 @@ impl Call {
                 commands.close_lead(pb::CloseLeadRequest { request_id, occurred_at, ..r }).await?.into_inner().result
             }
             Call::Feedback(r) => {
-                commands.record_feedback(pb::RecordFeedbackRequest { request_id, occurred_at, ..r }).await?.into_inner().result
+                commands
+                    .record_feedback(pb::RecordFeedbackRequest { request_id, occurred_at, ..r })
+                    .await?
+                    .into_inner()
+                    .result
             }
         })
     }
@@ -380,7 +392,10 @@ fn print_result(json: bool, what: &str, result: Option<pb::CommandResult>) {
             json!({"lead_id": result.lead_id, "version": result.version, "position": result.position, "stage": stage})
         );
     } else {
-        println!("{what} lead {} (version {}, stage {stage}, log position {})", result.lead_id, result.version, result.position);
+        println!(
+            "{what} lead {} (version {}, stage {stage}, log position {})",
+            result.lead_id, result.version, result.position
+        );
     }
 }
 
@@ -394,85 +409,123 @@ pub async fn lead(server: &ServerArgs, command: LeadCommand) -> anyhow::Result<(
         }};
     }
     match command {
-        LeadCommand::Capture { email, name, company, phone, source, campaign, persona, external_ref, lead_id, common } => {
-            call!("captured", capture_lead, pb::CaptureLeadRequest {
+        LeadCommand::Capture {
+            email,
+            name,
+            company,
+            phone,
+            source,
+            campaign,
+            persona,
+            external_ref,
+            lead_id,
+            common,
+        } => {
+            call!(
+                "captured",
+                capture_lead,
+                pb::CaptureLeadRequest {
+                    request_id: common.request_id(),
+                    lead_id,
+                    expected_version: common.expected_version,
+                    occurred_at: common.occurred_at,
+                    email,
+                    name,
+                    company,
+                    phone,
+                    source,
+                    campaign,
+                    persona,
+                    external_ref,
+                }
+            )
+        }
+        LeadCommand::Qualify { lead_id, score, note, assignee, common } => call!(
+            "qualified",
+            qualify_lead,
+            pb::QualifyLeadRequest {
                 request_id: common.request_id(),
                 lead_id,
                 expected_version: common.expected_version,
                 occurred_at: common.occurred_at,
-                email,
-                name,
-                company,
-                phone,
-                source,
-                campaign,
-                persona,
-                external_ref,
-            })
-        }
-        LeadCommand::Qualify { lead_id, score, note, assignee, common } => call!("qualified", qualify_lead, pb::QualifyLeadRequest {
-            request_id: common.request_id(),
-            lead_id,
-            expected_version: common.expected_version,
-            occurred_at: common.occurred_at,
-            score,
-            note,
-            assignee,
-        }),
-        LeadCommand::Assign { lead_id, assignee, common } => call!("assigned", assign_lead, pb::AssignLeadRequest {
-            request_id: common.request_id(),
-            lead_id,
-            expected_version: common.expected_version,
-            occurred_at: common.occurred_at,
-            assignee,
-        }),
-        LeadCommand::Accept { lead_id, owner, common } => call!("accepted", accept_lead, pb::AcceptLeadRequest {
-            request_id: common.request_id(),
-            lead_id,
-            expected_version: common.expected_version,
-            occurred_at: common.occurred_at,
-            owner,
-        }),
-        LeadCommand::Reject { lead_id, reason, note, common } => call!("rejected", reject_lead, pb::RejectLeadRequest {
-            request_id: common.request_id(),
-            lead_id,
-            expected_version: common.expected_version,
-            occurred_at: common.occurred_at,
-            reason,
-            note,
-        }),
+                score,
+                note,
+                assignee,
+            }
+        ),
+        LeadCommand::Assign { lead_id, assignee, common } => call!(
+            "assigned",
+            assign_lead,
+            pb::AssignLeadRequest {
+                request_id: common.request_id(),
+                lead_id,
+                expected_version: common.expected_version,
+                occurred_at: common.occurred_at,
+                assignee,
+            }
+        ),
+        LeadCommand::Accept { lead_id, owner, common } => call!(
+            "accepted",
+            accept_lead,
+            pb::AcceptLeadRequest {
+                request_id: common.request_id(),
+                lead_id,
+                expected_version: common.expected_version,
+                occurred_at: common.occurred_at,
+                owner,
+            }
+        ),
+        LeadCommand::Reject { lead_id, reason, note, common } => call!(
+            "rejected",
+            reject_lead,
+            pb::RejectLeadRequest {
+                request_id: common.request_id(),
+                lead_id,
+                expected_version: common.expected_version,
+                occurred_at: common.occurred_at,
+                reason,
+                note,
+            }
+        ),
         LeadCommand::Close { lead_id, outcome, amount, currency, lost_reason, note, common } => {
             let amount_minor = amount.as_deref().map(minor_units).transpose()?.unwrap_or(0);
             let outcome = match outcome {
                 CloseOutcome::Won => pb::Outcome::Won,
                 CloseOutcome::Lost => pb::Outcome::Lost,
             };
-            call!("closed", close_lead, pb::CloseLeadRequest {
-                request_id: common.request_id(),
-                lead_id,
-                expected_version: common.expected_version,
-                occurred_at: common.occurred_at,
-                outcome: outcome as i32,
-                amount_minor,
-                currency,
-                lost_reason,
-                note,
-            })
+            call!(
+                "closed",
+                close_lead,
+                pb::CloseLeadRequest {
+                    request_id: common.request_id(),
+                    lead_id,
+                    expected_version: common.expected_version,
+                    occurred_at: common.occurred_at,
+                    outcome: outcome as i32,
+                    amount_minor,
+                    currency,
+                    lost_reason,
+                    note,
+                }
+            )
         }
         LeadCommand::Feedback { lead_id, rating, reason_codes, comment, common } => {
-            call!("recorded feedback on", record_feedback, pb::RecordFeedbackRequest {
-                request_id: common.request_id(),
-                lead_id,
-                expected_version: common.expected_version,
-                occurred_at: common.occurred_at,
-                rating,
-                reason_codes,
-                comment,
-            })
+            call!(
+                "recorded feedback on",
+                record_feedback,
+                pb::RecordFeedbackRequest {
+                    request_id: common.request_id(),
+                    lead_id,
+                    expected_version: common.expected_version,
+                    occurred_at: common.occurred_at,
+                    rating,
+                    reason_codes,
+                    comment,
+                }
+            )
         }
         LeadCommand::Show { lead_id } => {
-            let response =
-                api.queries.get_lead(pb::GetLeadRequest { lead_id }).await.map_err(refused)?.into_inner();
+            let response = api.queries.get_lead(pb::GetLeadRequest { lead_id }).await.map_err(refused)?.into_inner();
             report::print_lead(json, &response);
         }
     }

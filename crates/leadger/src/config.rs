@@ -47,7 +47,10 @@ pub fn resolve(argv: Vec<OsString>) -> anyhow::Result<Resolved> {
     let mut from_file = BTreeSet::new();
     for (key, value) in settings {
         if !known.contains(&key) {
-            bail!("{}: unknown setting `{key}` (settings are flag names with `_` for `-`, such as database_url)", path.display());
+            bail!(
+                "{}: unknown setting `{key}` (settings are flag names with `_` for `-`, such as database_url)",
+                path.display()
+            );
         }
         let Some(arg) = target.get_arguments().find(|arg| arg.get_id().as_str() == key && arg.get_long().is_some())
         else {
@@ -65,9 +68,9 @@ pub fn resolve(argv: Vec<OsString>) -> anyhow::Result<Resolved> {
         }
         from_file.insert(key);
     }
-    let matches = Cli::command().try_get_matches_from(&argv).map_err(|error| {
-        anyhow::anyhow!("{}: {}", path.display(), error.render().to_string().trim_end())
-    })?;
+    let matches = Cli::command()
+        .try_get_matches_from(&argv)
+        .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.render().to_string().trim_end()))?;
     Ok(Resolved { matches, from_file })
 }
 

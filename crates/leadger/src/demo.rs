@@ -63,10 +63,31 @@ struct Source {
 }
 
 const SOURCES: &[Source] = &[
-    Source { name: "web", campaigns: &["pricing-page", "ebook-forecasting"], share: 0.40, qualify: 0.45, accept: 0.62, win: 0.28 },
-    Source { name: "event", campaigns: &["saastr-2026", "revops-summit"], share: 0.20, qualify: 0.55, accept: 0.70, win: 0.30 },
+    Source {
+        name: "web",
+        campaigns: &["pricing-page", "ebook-forecasting"],
+        share: 0.40,
+        qualify: 0.45,
+        accept: 0.62,
+        win: 0.28,
+    },
+    Source {
+        name: "event",
+        campaigns: &["saastr-2026", "revops-summit"],
+        share: 0.20,
+        qualify: 0.55,
+        accept: 0.70,
+        win: 0.30,
+    },
     Source { name: "partner", campaigns: &["partner-referral"], share: 0.15, qualify: 0.70, accept: 0.82, win: 0.42 },
-    Source { name: "outbound", campaigns: &["cold-email-q3", "linkedin-abm"], share: 0.25, qualify: 0.30, accept: 0.55, win: 0.20 },
+    Source {
+        name: "outbound",
+        campaigns: &["cold-email-q3", "linkedin-abm"],
+        share: 0.25,
+        qualify: 0.30,
+        accept: 0.55,
+        win: 0.20,
+    },
 ];
 const REPS: &[&str] = &["ana", "ben", "chloe", "dev"];
 const REJECTIONS: &[&str] = &["no-budget", "bad-fit", "duplicate", "wrong-contact"];
@@ -102,7 +123,6 @@ impl Rng {
 struct Story {
     steps: Vec<(i64, Call)>,
 }
-
 
 fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
     let mut roll = rng.unit();
@@ -151,19 +171,25 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
     let accepted = rng.chance(source.accept);
     let rating = |rng: &mut Rng, good: bool| if good { rng.between(3, 6) as i32 } else { rng.between(1, 4) as i32 };
     if accepted {
-        steps.push((t, Call::Accept(pb::AcceptLeadRequest { lead_id: lead_id.clone(), owner: rep, ..Default::default() })));
+        steps.push((
+            t,
+            Call::Accept(pb::AcceptLeadRequest { lead_id: lead_id.clone(), owner: rep, ..Default::default() }),
+        ));
     } else {
         let reason = rng.pick(REJECTIONS).to_string();
         steps.push((t, Call::Reject(pb::RejectLeadRequest { lead_id: lead_id.clone(), reason, ..Default::default() })));
         if rng.chance(0.6) {
             t += rng.between(HOUR, DAY);
             let rating = rating(rng, false);
-            steps.push((t, Call::Feedback(pb::RecordFeedbackRequest {
-                lead_id: lead_id.clone(),
-                rating,
-                reason_codes: vec!["poor-fit".to_string()],
-                ..Default::default()
-            })));
+            steps.push((
+                t,
+                Call::Feedback(pb::RecordFeedbackRequest {
+                    lead_id: lead_id.clone(),
+                    rating,
+                    reason_codes: vec!["poor-fit".to_string()],
+                    ..Default::default()
+                }),
+            ));
         }
         steps.retain(|(at, _)| *at <= now);
         return Story { steps };
@@ -186,12 +212,15 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
         t += rng.between(HOUR, 2 * DAY);
         let rating = rating(rng, won);
         let reason = if won { "good-fit" } else { "weak-intent" };
-        steps.push((t, Call::Feedback(pb::RecordFeedbackRequest {
-            lead_id,
-            rating,
-            reason_codes: vec![reason.to_string()],
-            ..Default::default()
-        })));
+        steps.push((
+            t,
+            Call::Feedback(pb::RecordFeedbackRequest {
+                lead_id,
+                rating,
+                reason_codes: vec![reason.to_string()],
+                ..Default::default()
+            }),
+        ));
     }
     // What lies in the future has not happened yet.
     steps.retain(|(at, _)| *at <= now);
@@ -246,9 +275,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tokio::spawn(run_projector(projector_log, ProjectorConfig::default(), appended, applied, stopping))
     }));
     let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(leadger_grpc::serve_with(log, Arc::new(vault), listener, ServerConfig::default(), background, async {
-        let _ = stop.await;
-    }));
+    let server = tokio::spawn(leadger_grpc::serve_with(
+        log,
+        Arc::new(vault),
+        listener,
+        ServerConfig::default(),
+        background,
+        async {
+            let _ = stop.await;
+        },
+    ));
     let client = ServerArgs {
         server: format!("http://{address}"),
         token: None,

@@ -102,11 +102,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<bool> {
     progress.finish();
     rejected.sort_by_key(|r| r.number);
     let elapsed = started.elapsed().as_secs_f64();
-    println!(
-        "imported {imported} lines from {} in {elapsed:.1} s; rejected {}",
-        args.file.display(),
-        rejected.len()
-    );
+    println!("imported {imported} lines from {} in {elapsed:.1} s; rejected {}", args.file.display(), rejected.len());
     for line in &rejected {
         println!("  line {}: {}", line.number, line.reason);
     }
@@ -158,9 +154,11 @@ fn read_jsonl(text: &str, rejected: &mut Vec<Rejected>) -> Vec<Line> {
             let text = match value {
                 serde_json::Value::Null => continue,
                 serde_json::Value::String(text) => text,
-                serde_json::Value::Array(items) => {
-                    items.iter().map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_string)).collect::<Vec<_>>().join(";")
-                }
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(";"),
                 other => other.to_string(),
             };
             fields.insert(key, text);
@@ -194,14 +192,17 @@ fn plan(line: &Line) -> Result<Planned, String> {
     let allowed = columns(&kind).ok_or_else(|| {
         format!("type: {kind:?} is not one of captured, qualified, assigned, accepted, rejected, closed, feedback")
     })?;
-    if let Some(unknown) =
-        line.fields.keys().find(|key| !["lead", "type", "occurred_at"].contains(&key.as_str()) && !allowed.contains(&key.as_str()))
+    if let Some(unknown) = line
+        .fields
+        .keys()
+        .find(|key| !["lead", "type", "occurred_at"].contains(&key.as_str()) && !allowed.contains(&key.as_str()))
     {
         return Err(format!("{unknown}: not a column of a {kind} line (it takes {})", allowed.join(", ")));
     }
     let occurred_at = parse_time(&get("occurred_at")).map_err(|e| format!("occurred_at: {e}"))?;
     let lead_id = uuid::Uuid::new_v5(&NAMESPACE, format!("lead:{lead}").as_bytes()).to_string();
-    let request_id = uuid::Uuid::new_v5(&NAMESPACE, format!("{lead}|{kind}|{}", get("occurred_at")).as_bytes()).to_string();
+    let request_id =
+        uuid::Uuid::new_v5(&NAMESPACE, format!("{lead}|{kind}|{}", get("occurred_at")).as_bytes()).to_string();
     let number = |key: &str| -> Result<Option<i32>, String> {
         let text = get(key);
         if text.is_empty() {
@@ -244,7 +245,8 @@ fn plan(line: &Line) -> Result<Planned, String> {
                 other => return Err(format!("outcome: {other:?} is not won or lost")),
             };
             let amount = get("amount");
-            let amount_minor = if amount.is_empty() { 0 } else { minor_units(&amount).map_err(|e| format!("amount: {e}"))? };
+            let amount_minor =
+                if amount.is_empty() { 0 } else { minor_units(&amount).map_err(|e| format!("amount: {e}"))? };
             Call::Close(pb::CloseLeadRequest {
                 lead_id,
                 outcome: outcome as i32,
@@ -314,7 +316,7 @@ impl Progress {
     fn draw(&self) {
         const WIDTH: usize = 30;
         let done = self.done.get().min(self.total);
-        let filled = if self.total == 0 { WIDTH } else { done * WIDTH / self.total };
+        let filled = (done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
         eprint!("\r[{}{}] {done}/{} lines", "#".repeat(filled), "-".repeat(WIDTH - filled), self.total);
     }
 

@@ -80,7 +80,12 @@ fn filter(window: &WindowArgs, group_by: Option<GroupBy>) -> pb::AnalyticsFilter
         Some(GroupBy::Persona) => pb::GroupBy::Persona,
         Some(GroupBy::Owner) => pb::GroupBy::Owner,
     };
-    pb::AnalyticsFilter { from: window.from, to: window.to, group_by: group_by as i32, min_position: window.min_position }
+    pb::AnalyticsFilter {
+        from: window.from,
+        to: window.to,
+        group_by: group_by as i32,
+        min_position: window.min_position,
+    }
 }
 
 pub async fn run(server: &ServerArgs, command: ReportCommand) -> anyhow::Result<()> {
@@ -176,7 +181,11 @@ fn ratio(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
 
-pub async fn fetch_funnel(api: &mut Server, window: &WindowArgs, group_by: Option<GroupBy>) -> anyhow::Result<FunnelReport> {
+pub async fn fetch_funnel(
+    api: &mut Server,
+    window: &WindowArgs,
+    group_by: Option<GroupBy>,
+) -> anyhow::Result<FunnelReport> {
     let request = pb::GetFunnelRequest { filter: Some(filter(window, group_by)) };
     let response = api.analytics.get_funnel(request).await.map_err(refused)?.into_inner();
     let count = |counts: &[pb::StageCount], stage: pb::Stage| {
@@ -219,7 +228,8 @@ impl FunnelReport {
         let mut out = String::new();
         for group in &self.groups {
             let title = if group.key.is_empty() { "all leads".to_string() } else { group.key.clone() };
-            let _ = writeln!(out, "Funnel: {title}   (reached: of the window's captured leads; now: in the stage today)");
+            let _ =
+                writeln!(out, "Funnel: {title}   (reached: of the window's captured leads; now: in the stage today)");
             let top = group.stages.first().map_or(0, |s| s.reached).max(1);
             let rates = [group.lead_to_mql, group.mql_to_sql, group.sql_to_won];
             for (i, row) in group.stages.iter().enumerate() {
@@ -308,7 +318,11 @@ pub async fn fetch_conversion(
             sql_to_won_rate: g.sql_to_won_rate,
             lead_to_won_rate: g.lead_to_won_rate,
             won_amount: amounts(&g.won_amount),
-            median_days_captured_to_won: g.captured_to_won.as_ref().and_then(|d| d.median_seconds).map(|s| s / 86_400.0),
+            median_days_captured_to_won: g
+                .captured_to_won
+                .as_ref()
+                .and_then(|d| d.median_seconds)
+                .map(|s| s / 86_400.0),
         })
         .collect();
     Ok(ConversionReport { as_of_position: response.as_of_position, groups })
@@ -368,8 +382,20 @@ impl ConversionReport {
                 ]
             })
             .collect();
-        let headers =
-            ["group", "captured", "mql", "sql", "won", "lost", "lead→mql", "mql→sql", "sql→won", "lead→won", "days to won", "won amount"];
+        let headers = [
+            "group",
+            "captured",
+            "mql",
+            "sql",
+            "won",
+            "lost",
+            "lead→mql",
+            "mql→sql",
+            "sql→won",
+            "lead→won",
+            "days to won",
+            "won amount",
+        ];
         format!("{}as of log position {}\n", table(&headers, &rows), self.as_of_position)
     }
 }
@@ -422,8 +448,7 @@ fn handoff_view(report: Option<&pb::HandoffReport>) -> HandoffView {
 }
 
 pub async fn fetch_sla(api: &mut Server, window: &WindowArgs) -> anyhow::Result<SlaReport> {
-    let request =
-        pb::GetSlaReportRequest { from: window.from, to: window.to, min_position: window.min_position };
+    let request = pb::GetSlaReportRequest { from: window.from, to: window.to, min_position: window.min_position };
     let r = api.analytics.get_sla_report(request).await.map_err(refused)?.into_inner();
     Ok(SlaReport {
         as_of_position: r.as_of_position,
@@ -694,7 +719,12 @@ pub fn print_lead(json: bool, response: &pb::GetLeadResponse) {
         .events
         .iter()
         .map(|e| {
-            vec![e.version.to_string(), e.r#type.clone(), e.occurred_at.map(rfc3339).unwrap_or_default(), e.client_id.clone()]
+            vec![
+                e.version.to_string(),
+                e.r#type.clone(),
+                e.occurred_at.map(rfc3339).unwrap_or_default(),
+                e.client_id.clone(),
+            ]
         })
         .collect();
     print!("{}", table(&["version", "event", "occurred at", "by"], &rows));
@@ -738,7 +768,10 @@ pub fn print_policies(json: bool, response: &pb::GetSlaPolicyResponse) {
             ]
         })
         .collect();
-    print!("{}", table(&["version", "accept within", "close within", "MQL target", "time zone", "effective from"], &rows));
+    print!(
+        "{}",
+        table(&["version", "accept within", "close within", "MQL target", "time zone", "effective from"], &rows)
+    );
 }
 
 // ---- the HTML page ----
@@ -764,13 +797,21 @@ impl Page {
     /// Every figure an element draws is in its `data-*` attributes too.
     fn html(&self) -> String {
         let mut body = String::new();
-        let _ = writeln!(body, "<h1>leadger report</h1><p class=\"meta\">as of log position {}</p>", self.funnel.as_of_position);
+        let _ = writeln!(
+            body,
+            "<h1>leadger report</h1><p class=\"meta\">as of log position {}</p>",
+            self.funnel.as_of_position
+        );
         // Funnel.
         body.push_str("<section id=\"funnel\"><h2>Funnel</h2>\n");
         for group in &self.funnel.groups {
             let top = group.stages.first().map_or(0, |s| s.reached).max(1) as f64;
             let rows = group.stages.len();
-            let _ = writeln!(body, "<svg class=\"funnel\" viewBox=\"0 0 720 {}\" role=\"img\" aria-label=\"funnel\">", rows * 34 + 4);
+            let _ = writeln!(
+                body,
+                "<svg class=\"funnel\" viewBox=\"0 0 720 {}\" role=\"img\" aria-label=\"funnel\">",
+                rows * 34 + 4
+            );
             for (i, row) in group.stages.iter().enumerate() {
                 let width = (row.reached as f64 / top * 480.0).max(1.0);
                 let y = i * 34 + 2;
@@ -801,7 +842,11 @@ impl Page {
         // Conversion by source.
         body.push_str("<section id=\"conversion\"><h2>Conversion by source (lead → won)</h2>\n");
         let groups = &self.conversion_by_source.groups;
-        let _ = writeln!(body, "<svg viewBox=\"0 0 720 {}\" role=\"img\" aria-label=\"conversion by source\">", groups.len() * 30 + 4);
+        let _ = writeln!(
+            body,
+            "<svg viewBox=\"0 0 720 {}\" role=\"img\" aria-label=\"conversion by source\">",
+            groups.len() * 30 + 4
+        );
         for (i, g) in groups.iter().enumerate() {
             let rate = g.lead_to_won_rate.unwrap_or(0.0);
             let y = i * 30 + 2;
