@@ -101,6 +101,10 @@ async fn a_lead_lives_through_the_cli_and_shows_in_the_reports() {
     let (first, second) = (json(url, &again).await, json(url, &again).await);
     assert_eq!(first["lead_id"], second["lead_id"]);
     assert_eq!(second["version"], 1);
+    assert_eq!((first["replayed"].as_bool(), second["replayed"].as_bool()), (Some(false), Some(true)));
+    // Reports wait for the read models to include the last command.
+    let last = second["position"].to_string();
+    let last = last.as_str();
 
     // Refusals name the field and exit non-zero.
     let refused = leadger(&["lead", "qualify", "not-a-uuid", "--server", url]).await;
@@ -123,7 +127,8 @@ async fn a_lead_lives_through_the_cli_and_shows_in_the_reports() {
     assert!(!bad_amount.status.success());
     assert!(text(&bad_amount).contains("--amount"), "{}", text(&bad_amount));
 
-    let funnel = json(url, &["report", "funnel", "--from", "2026-03-01", "--to", "2026-04-01"]).await;
+    let funnel =
+        json(url, &["report", "funnel", "--from", "2026-03-01", "--to", "2026-04-01", "--min-position", last]).await;
     let stages = &funnel["groups"][0]["stages"];
     let reached = |stage: &str| {
         stages.as_array().expect("stages").iter().find(|s| s["stage"] == stage).map(|s| s["reached"].clone())
@@ -156,37 +161,72 @@ async fn import_applies_each_line_once_and_lists_the_rejected_ones() {
         .await
         .expect("start the server");
     let url = format!("http://{}", server.addr);
-    let history = dir.path().join("history.jsonl");
     let lines = [
         r#"{"lead": "crm-1", "type": "captured", "occurred_at": "2026-01-05T10:00:00Z", "email": "ada@example.com", "source": "web"}"#,
         r#"{"lead": "crm-1", "type": "qualified", "occurred_at": "2026-01-06T10:00:00Z", "score": 70, "assignee": "ben"}"#,
-        r#"{"lead": "crm-1", "type": "accepted", "occurred_at": "2026-01-06T12:00:00Z", "owner": "ben"}"#,
+        r#"{"lead": "crm-1", "type": "assigned", "occurred_at": "2026-01-07", "assignee": "chloe"}"#,
+        r#"{"lead": "crm-1", "type": "assigned", "occurred_at": "2026-01-07", "assignee": "dev"}"#,
+        r#"{"lead": "crm-1", "type": "accepted", "occurred_at": "2026-01-07T12:00:00Z", "owner": "dev"}"#,
         r#"{"lead": "crm-1", "type": "closed", "occurred_at": "2026-02-01", "outcome": "won", "amount": "5000.00", "currency": "EUR"}"#,
         r#"{"lead": "crm-1", "type": "feedback", "occurred_at": "2026-02-02", "rating": 5, "reason_codes": ["good-fit"]}"#,
         r#"{"lead": "crm-2", "type": "captured", "occurred_at": "2026-01-07", "email": "not-an-email"}"#,
         r#"{"lead": "crm-3", "type": "archived", "occurred_at": "2026-01-07"}"#,
         r#"{"lead": "crm-4", "type": "captured", "occurred_at": "2026-01-07", "email": "cy@example.com", "colour": "red"}"#,
+        "",
         "not json",
     ];
+    let history = dir.path().join("history.jsonl");
     std::fs::write(&history, lines.join("\n")).expect("write the history");
-    let history = history.to_str().expect("utf-8 path");
-    let first = leadger(&["import", history, "--server", &url]).await;
+    let first = leadger(&["import", history.to_str().expect("utf-8"), "--server", &url]).await;
     let said = text(&first);
     assert!(!first.status.success(), "rejected lines make the exit code 1: {said}");
-    assert!(said.contains("imported 5 lines") && said.contains("rejected 4"), "{said}");
-    assert!(said.contains("line 6: InvalidArgument") && said.contains("email"), "{said}");
-    assert!(said.contains("line 7: type:"), "{said}");
-    assert!(said.contains("line 8: colour:"), "{said}");
-    assert!(said.contains("line 9: not a JSON object"), "{said}");
+    assert!(said.contains("applied 7 lines, 0 already imported, rejected 4"), "{said}");
+    let line =
+        |n: usize| said.lines().find(|l| l.starts_with(&format!("  line {n}: "))).unwrap_or_default().to_string();
+    assert!(line(8).contains("InvalidArgument") && line(8).contains("email"), "{said}");
+    assert!(line(9).contains("type:"), "{said}");
+    assert!(line(10).contains("colour:"), "{said}");
+    assert!(line(12).contains("not a JSON object"), "{said}");
 
-    let funnel = json(&url, &["report", "funnel"]).await;
-    let position = funnel["as_of_position"].clone();
-    let second = leadger(&["import", history, "--server", &url]).await;
-    assert!(text(&second).contains("imported 5 lines"), "{}", text(&second));
-    let again = json(&url, &["report", "funnel"]).await;
-    assert_eq!(again["as_of_position"], position, "a re-run appends nothing");
-    assert_eq!(again["groups"][0]["stages"][3]["stage"], "WON");
-    assert_eq!(again["groups"][0]["stages"][3]["reached"], 1);
+    // The same history again, one time spelled differently: nothing new.
+    let respelled = history.with_file_name("respelled.jsonl");
+    std::fs::write(&respelled, lines.join("\n").replace("2026-01-05T10:00:00Z", "2026-01-05T11:00:00+01:00"))
+        .expect("write the history");
+    let second = leadger(&["import", respelled.to_str().expect("utf-8"), "--server", &url]).await;
+    assert!(text(&second).contains("applied 0 lines, 7 already imported, rejected 4"), "{}", text(&second));
+
+    // A CSV export of another lead: header row, a short row, a long row.
+    let csv = dir.path().join("history.csv");
+    std::fs::write(
+        &csv,
+        "lead,type,occurred_at,email,source,outcome,lost_reason\n\
+         crm-5,captured,2026-01-08,eve@example.com,event,,\n\
+         crm-5,closed,2026-01-09,,,lost\n\
+         crm-5,closed,2026-01-10,,,lost,competitor,extra\n\
+         crm-5,closed,2026-01-11,,,lost,competitor\n",
+    )
+    .expect("write the csv");
+    let third = leadger(&["import", csv.to_str().expect("utf-8"), "--server", &url]).await;
+    let said = text(&third);
+    assert!(said.contains("applied 2 lines, 0 already imported, rejected 2"), "{said}");
+    let line =
+        |n: usize| said.lines().find(|l| l.starts_with(&format!("  line {n}: "))).unwrap_or_default().to_string();
+    assert!(line(3).contains("6 fields where the header row has 7"), "{said}");
+    assert!(line(4).contains("8 fields"), "{said}");
+
+    // The read models saw each event once: one lead won, one lost.
+    let mut funnel = Value::Null;
+    for _ in 0..100 {
+        funnel = json(&url, &["report", "funnel"]).await;
+        if funnel["groups"][0]["stages"][5]["reached"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stages = &funnel["groups"][0]["stages"];
+    assert_eq!((&stages[0]["stage"], &stages[0]["reached"]), (&"CAPTURED".into(), &2.into()), "{funnel}");
+    assert_eq!((&stages[3]["stage"], &stages[3]["reached"]), (&"WON".into(), &1.into()), "{funnel}");
+    assert_eq!((&stages[5]["stage"], &stages[5]["reached"]), (&"LOST".into(), &1.into()), "{funnel}");
     server.terminate().await.expect("stop the server");
 }
 
@@ -222,15 +262,38 @@ async fn config_check_prints_effective_settings_with_secrets_masked() {
     let shown = text(&checked);
     assert!(checked.status.success(), "{shown}");
     assert!(!shown.contains("s3cret") && !shown.contains("t0ken"), "a secret leaked: {shown}");
-    assert!(shown.contains("postgres://app:***@db/leads  (file)"), "{shown}");
-    assert!(shown.contains("--max-batch") && shown.contains("32  (env)"), "the environment beats the file: {shown}");
-    assert!(shown.contains("--no-projector") && shown.contains("true  (file)"), "{shown}");
-    assert!(shown.contains("--queue-capacity") && shown.contains("8192  (default)"), "{shown}");
+    // One row per flag: `  --flag  value  (source)`.
+    let row = |flag: &str| {
+        let row = shown.lines().find(|line| line.split_whitespace().next() == Some(flag));
+        row.map(|line| line.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    };
+    assert_eq!(row("--database-url"), "postgres://app:***@db/leads (file)", "{shown}");
+    assert_eq!(row("--max-batch"), "32 (env)", "the environment beats the file: {shown}");
+    assert_eq!(row("--no-projector"), "true (file)", "{shown}");
+    assert_eq!(row("--queue-capacity"), "8192 (default)", "{shown}");
+    assert_eq!(row("--nats-token"), "*** (file)", "{shown}");
 
-    std::fs::write(dir.path().join("leadger.toml"), "databse_url = \"sqlite://x.db\"\n").expect("write config");
-    let typo = leadger(&["config", "check", "--config", config]).await;
-    assert!(!typo.status.success());
-    assert!(text(&typo).contains("unknown setting `databse_url`"), "{}", text(&typo));
+    // A worker's required --database-url may come from the file alone.
+    std::fs::write(
+        dir.path().join("leadger.toml"),
+        "database_url = \"postgres://db/leads\"\nnats_url = \"nats://n1:4222\"\n",
+    )
+    .expect("write config");
+    let relay = leadger(&["config", "check", "relay", "--config", config]).await;
+    assert!(relay.status.success(), "{}", text(&relay));
+    assert!(text(&relay).contains("nats://n1:4222  (file)"), "{}", text(&relay));
+
+    for (file, refusal) in [
+        ("databse_url = \"sqlite://x.db\"\n", "unknown setting `databse_url`"),
+        // Per-call arguments are not settings: a shared request id would replay every command.
+        ("request_id = \"x\"\n", "unknown setting `request_id`"),
+        ("no_projector = \"yes\"\n", "`no_projector` is a switch"),
+    ] {
+        std::fs::write(dir.path().join("leadger.toml"), file).expect("write config");
+        let refused = leadger(&["config", "check", "--config", config]).await;
+        assert!(!refused.status.success(), "{file}");
+        assert!(text(&refused).contains(refusal), "{file}: {}", text(&refused));
+    }
 }
 
 /// The HTML report of a demo quarter in headless Chromium.
@@ -239,27 +302,27 @@ async fn the_html_report_shows_the_json_figures_offline_in_chromium() {
     let chromium = PathBuf::from(std::env::var("LEADGER_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
     assert!(chromium.exists(), "{} is missing: tests/install-tools.sh installs Debian's chromium", chromium.display());
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let mut demo = tokio::process::Command::new(leadger_binary!())
-        .args(["demo", "--leads", "300", "--keep", "--listen", &listen])
+        .args(["demo", "--leads", "300", "--keep", "--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start the demo");
-    // `--keep` says so once the quarter is in and the reports are printed.
+    // `--keep` says where it serves once the quarter is in and the reports are printed.
     let stderr = demo.stderr.take().expect("demo stderr");
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     let mut said = Vec::new();
-    loop {
+    let listen = loop {
         let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await;
         match line.expect("the demo answers within 120 s").expect("read demo stderr") {
-            Some(line) if line.contains("serving on") => break,
+            Some(line) if line.starts_with("serving on ") => {
+                break line["serving on ".len()..].split_whitespace().next().expect("an address").to_string();
+            }
             Some(line) => said.push(line),
             None => panic!("the demo ended early: {said:?}"),
         }
-    }
+    };
     wait_until_serving(listen.parse().expect("address")).await.expect("the demo serves");
     let url = format!("http://{listen}");
     let funnel = json(&url, &["report", "funnel"]).await;

@@ -41,6 +41,7 @@ impl Echo {
             version: expected_version.unwrap_or(0) + 1,
             position: self.positions.fetch_add(1, Ordering::Relaxed) + 1,
             stage: stage.into(),
+            replayed: false,
         })
     }
 }

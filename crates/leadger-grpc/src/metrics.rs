@@ -6,7 +6,9 @@
 //! code}` and `leadger_command_duration_seconds{command}`; queries and
 //! analytics in `leadger_queries_total{query,code}` and
 //! `leadger_query_duration_seconds{query}`. The code is the one the client
-//! sees, refusals of authentication and size limits included.
+//! sees, refusals of authentication and size limits included; a call the
+//! client abandons counts as CANCELLED. A streaming RPC (`ReadLog`) counts
+//! how it started: its duration ends at the response headers.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -45,44 +47,94 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let rpc = Rpc::of(request.uri().path());
-        let started = Instant::now();
+        let mut pending = Pending { rpc: Rpc::of(request.uri().path()), started: Instant::now() };
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            if let Some(rpc) = rpc {
-                // Errors travel in the headers (trailers-only responses); a
-                // response without `grpc-status` there is on its way to OK.
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok()?.parse::<i32>().ok())
-                    .map_or("OK", code_name);
-                rpc.record(code, started.elapsed().as_secs_f64());
-            }
+            // Errors travel in the headers (trailers-only responses); a
+            // response without `grpc-status` there is on its way to OK.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|value| value.to_str().ok()?.parse::<i32>().ok())
+                .map_or("OK", code_name);
+            pending.finish(code);
             Ok(response)
         })
+    }
+}
+
+/// A call not answered yet: dropped unanswered (the client cancelled or went
+/// away), it counts as CANCELLED.
+struct Pending {
+    rpc: Option<Rpc>,
+    started: Instant,
+}
+
+impl Pending {
+    fn finish(&mut self, code: &'static str) {
+        if let Some(rpc) = self.rpc.take() {
+            rpc.record(code, self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.finish("CANCELLED");
     }
 }
 
 /// One `leads.v1` RPC: whether it is a command, and its method name.
 struct Rpc {
     command: bool,
-    method: String,
+    method: &'static str,
 }
+
+/// The RPCs of `proto/leads/v1/leads.proto`: labels come from this list, so
+/// a caller cannot mint new series by calling made-up paths.
+const COMMANDS: &[&str] = &[
+    "CaptureLead",
+    "QualifyLead",
+    "AssignLead",
+    "AcceptLead",
+    "RejectLead",
+    "CloseLead",
+    "RecordFeedback",
+    "EraseLead",
+    "DefineSlaPolicy",
+];
+const QUERIES: &[&str] = &[
+    "GetLead",
+    "ReadLog",
+    "FindLeads",
+    "GetFunnel",
+    "GetConversionRates",
+    "GetLeadQuality",
+    "GetSlaPolicy",
+    "ListSlaBreaches",
+    "GetSlaReport",
+];
 
 impl Rpc {
     fn of(path: &str) -> Option<Self> {
         let (service, method) = path.strip_prefix("/leads.v1.")?.split_once('/')?;
-        Some(Self { command: service == "LeadCommandService", method: method.to_string() })
+        let known = |methods: &[&'static str]| methods.iter().find(|m| **m == method).copied();
+        match service {
+            "LeadCommandService" => Some(Self { command: true, method: known(COMMANDS).unwrap_or("unknown") }),
+            "LeadQueryService" | "LeadAnalyticsService" => {
+                Some(Self { command: false, method: known(QUERIES).unwrap_or("unknown") })
+            }
+            _ => None,
+        }
     }
 
     fn record(self, code: &'static str, seconds: f64) {
         if self.command {
-            metrics::counter!("leadger_commands_total", "command" => self.method.clone(), "code" => code).increment(1);
+            metrics::counter!("leadger_commands_total", "command" => self.method, "code" => code).increment(1);
             metrics::histogram!("leadger_command_duration_seconds", "command" => self.method).record(seconds);
         } else {
-            metrics::counter!("leadger_queries_total", "query" => self.method.clone(), "code" => code).increment(1);
+            metrics::counter!("leadger_queries_total", "query" => self.method, "code" => code).increment(1);
             metrics::histogram!("leadger_query_duration_seconds", "query" => self.method).record(seconds);
         }
     }
@@ -123,6 +175,7 @@ mod tests {
         assert_eq!(rpc.method, "CaptureLead");
         assert!(!Rpc::of("/leads.v1.LeadAnalyticsService/GetFunnel").expect("a query").command);
         assert!(Rpc::of("/grpc.health.v1.Health/Check").is_none());
+        assert_eq!(Rpc::of("/leads.v1.LeadCommandService/Made-up-1").expect("a command").method, "unknown");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub(crate) fn command_result(outcome: &CommandOutcome) -> pb::CommandResult {
         version: outcome.version,
         position: outcome.position,
         stage: stage(outcome.stage) as i32,
+        replayed: outcome.replayed,
     }
 }
 

@@ -74,6 +74,12 @@ impl ServerArgs {
             .with_context(|| format!("--server {:?} is not a URL such as http://127.0.0.1:50051", self.server))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60));
+        if self.server.starts_with("https://") && self.ca_cert.is_none() {
+            bail!(
+                "--server {} uses TLS: give --ca-cert (LEADGER_CA_CERT), the CA that signed the server's certificate",
+                self.server
+            );
+        }
         if self.server.starts_with("https://") || self.ca_cert.is_some() {
             let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("read {}", path.display()));
             let mut tls = ClientTlsConfig::new();
@@ -389,11 +395,18 @@ fn print_result(json: bool, what: &str, result: Option<pb::CommandResult>) {
     if json {
         println!(
             "{}",
-            json!({"lead_id": result.lead_id, "version": result.version, "position": result.position, "stage": stage})
+            json!({
+                "lead_id": result.lead_id,
+                "version": result.version,
+                "position": result.position,
+                "stage": stage,
+                "replayed": result.replayed,
+            })
         );
     } else {
+        let replayed = if result.replayed { "; already applied with this request id, nothing changed" } else { "" };
         println!(
-            "{what} lead {} (version {}, stage {stage}, log position {})",
+            "{what} lead {} (version {}, stage {stage}, log position {}{replayed})",
             result.lead_id, result.version, result.position
         );
     }
@@ -550,8 +563,9 @@ pub async fn sla(server: &ServerArgs, command: SlaCommand) -> anyhow::Result<()>
                 seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
                 nanos: 0,
             };
-            let calendar = (!time_zone.is_empty() || !working_days.is_empty() || !opens.is_empty())
-                .then(|| pb::WorkingCalendar { time_zone, working_days, opens, closes, holidays: Vec::new() });
+            let calendar =
+                (!time_zone.is_empty() || !working_days.is_empty() || !opens.is_empty() || !closes.is_empty())
+                    .then(|| pb::WorkingCalendar { time_zone, working_days, opens, closes, holidays: Vec::new() });
             let policy = pb::SlaPolicy {
                 accept_within: Some(duration(accept_within)),
                 close_within: Some(duration(close_within)),

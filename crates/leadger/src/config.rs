@@ -5,7 +5,9 @@
 //! `no_projector = true`). One file may serve every process of a deployment:
 //! keys another subcommand uses are ignored, unknown keys are an error. A flag
 //! beats its `LEADGER_*` environment variable, which beats the file, which
-//! beats the default.
+//! beats the default. Only the flags of the processes and the client
+//! connection flags are settings; per-call arguments (`request_id`,
+//! `email`, …) are not.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -27,10 +29,14 @@ pub struct Resolved {
 /// neither a flag nor an environment variable gave them. Help, version and
 /// usage errors exit the process as clap does.
 pub fn resolve(argv: Vec<OsString>) -> anyhow::Result<Resolved> {
-    let first = Cli::command().try_get_matches_from(&argv).unwrap_or_else(|error| error.exit());
-    let Some(path) = first.get_one::<std::path::PathBuf>("config").cloned() else {
-        return Ok(Resolved { matches: first, from_file: BTreeSet::new() });
+    // The first pass only finds --config: settings the file gives may be
+    // missing from the command line (a required --database-url).
+    let first = Cli::command().ignore_errors(true).try_get_matches_from(&argv).ok();
+    let Some(path) = first.as_ref().and_then(|m| m.get_one::<std::path::PathBuf>("config")).cloned() else {
+        let matches = Cli::command().try_get_matches_from(&argv).unwrap_or_else(|error| error.exit());
+        return Ok(Resolved { matches, from_file: BTreeSet::new() });
     };
+    let first = first.unwrap_or_default();
     let settings = read(&path)?;
     let mut command = Cli::command();
     command.build();
@@ -68,9 +74,11 @@ pub fn resolve(argv: Vec<OsString>) -> anyhow::Result<Resolved> {
         }
         from_file.insert(key);
     }
-    let matches = Cli::command()
-        .try_get_matches_from(&argv)
-        .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.render().to_string().trim_end()))?;
+    let matches = match Cli::command().try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+        Err(error) => bail!("with {}: {}", path.display(), error.render().to_string().trim_end()),
+    };
     Ok(Resolved { matches, from_file })
 }
 
@@ -98,16 +106,28 @@ fn scalar(path: &Path, key: &str, value: &toml::Value) -> anyhow::Result<String>
     })
 }
 
-/// Every flag of every subcommand, by id (the flag without dashes).
+/// The processes whose flags a config file may set, and the connection
+/// flags of the commands for people. The other arguments of those commands
+/// (`request_id`, `email`, …) are per call, never settings.
+const CONFIGURABLE: &[&str] = &["serve", "relay", "project", "purge-erased"];
+const CLIENT_SETTINGS: &[&str] = &["server", "token", "ca_cert", "client_cert", "client_key"];
+
+/// Every key a config file may hold: flag ids (the flag without dashes).
 fn known_keys(command: &clap::Command) -> BTreeSet<String> {
-    let mut keys: BTreeSet<String> = command
-        .get_arguments()
-        .filter(|arg| arg.get_long().is_some() && arg.get_id() != "config")
-        .map(|arg| arg.get_id().to_string())
-        .collect();
-    for sub in command.get_subcommands() {
-        keys.extend(known_keys(sub));
+    let flags = |command: &clap::Command| -> Vec<String> {
+        command
+            .get_arguments()
+            .filter(|arg| arg.get_long().is_some() && !matches!(arg.get_id().as_str(), "config" | "help" | "version"))
+            .map(|arg| arg.get_id().to_string())
+            .collect()
+    };
+    let mut keys: BTreeSet<String> = flags(command).into_iter().collect();
+    for name in CONFIGURABLE {
+        if let Some(sub) = command.find_subcommand(name) {
+            keys.extend(flags(sub));
+        }
     }
+    keys.extend(CLIENT_SETTINGS.iter().map(|key| key.to_string()));
     keys
 }
 

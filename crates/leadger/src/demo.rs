@@ -17,11 +17,9 @@ use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
 use leadger_grpc::{Background, ServerConfig};
-use leadger_projector::{ProjectorConfig, run_projector};
 use leadger_proto::leads::v1 as pb;
 use leadger_store::{MissingKek, SqliteLog, Vault};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::client::{Call, Server, ServerArgs, refused};
 use crate::report::{self, GroupBy, WindowArgs};
@@ -31,7 +29,8 @@ pub struct DemoArgs {
     /// How many leads to capture over the quarter.
     #[arg(long, default_value_t = 600)]
     leads: u32,
-    /// Seed of the synthetic data: the same seed gives the same quarter.
+    /// Seed of the synthetic data: the same seed gives the same leads and mix
+    /// (their times are relative to now).
     #[arg(long, default_value_t = 2026)]
     seed: u64,
     /// Also write the HTML report to FILE.
@@ -133,7 +132,10 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
             roll < 0.0
         })
         .unwrap_or(&SOURCES[0]);
-    let lead_id = uuid::Uuid::new_v4().to_string();
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&rng.next().to_le_bytes());
+    bytes[8..].copy_from_slice(&rng.next().to_le_bytes());
+    let lead_id = uuid::Builder::from_random_bytes(bytes).into_uuid().to_string();
     let mut steps = Vec::new();
     let mut t = start + rng.between(0, QUARTER);
     steps.push((
@@ -269,11 +271,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     let mut background = Background::default();
-    let projector_log = log.clone();
-    background.companions.push(Box::new(move |appended, stopping| {
-        let (applied, _) = watch::channel(0);
-        tokio::spawn(run_projector(projector_log, ProjectorConfig::default(), appended, applied, stopping))
-    }));
+    background.companions.push(crate::projector_companion(log.clone()));
     let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(leadger_grpc::serve_with(
         log,

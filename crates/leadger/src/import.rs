@@ -5,11 +5,13 @@
 //! Columns: `lead` (the lead's id in the other system), `type` (captured,
 //! qualified, assigned, accepted, rejected, closed, feedback), `occurred_at`
 //! (RFC 3339 or YYYY-MM-DD), and the fields of that event type (see
-//! docs/cli.md#import). The leadger lead id and each command's `request_id` are
-//! derived from the line's lead, type and time, so a re-run applies nothing
-//! twice. Each lead's lines go in file order; different leads go in parallel.
-//! Rejected lines are listed with the reason at the end; the exit code is 1
-//! when there were any.
+//! docs/cli.md#import). The leadger lead id is derived from `lead`, and each
+//! command's `request_id` from the line's lead, type, time (as a point in
+//! time, whatever its spelling) and rank among the lead's lines of that type
+//! and time, so a re-run by the same caller applies nothing twice. Each
+//! lead's lines go in file order; different leads go in parallel. Rejected
+//! lines are listed with the reason at the end; the exit code is 1 when
+//! there were any.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
@@ -75,13 +77,14 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<bool> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("read {}", args.file.display()))?;
     let mut rejected = Vec::new();
     let lines = match format {
-        Format::Csv => read_csv(&text)?,
+        Format::Csv => read_csv(&text, &mut rejected)?,
         Format::Jsonl => read_jsonl(&text, &mut rejected),
     };
     // Each lead's lines, in file order.
     let mut leads: BTreeMap<String, Vec<Planned>> = BTreeMap::new();
+    let mut ranks = HashMap::new();
     for line in lines {
-        match plan(&line) {
+        match plan(&line, &mut ranks) {
             Ok(planned) => leads.entry(planned.lead.clone()).or_default().push(planned),
             Err(reason) => rejected.push(Rejected { number: line.number, reason }),
         }
@@ -93,16 +96,21 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut sent = futures_util::stream::iter(leads.into_values().map(|lines| send_lead(api.clone(), lines)))
         .buffer_unordered(args.concurrency.max(1));
-    let mut imported = 0;
-    while let Some((applied, refused)) = sent.next().await {
-        imported += applied;
-        progress.advance(applied + refused.len());
-        rejected.extend(refused);
+    let (mut applied, mut present) = (0, 0);
+    while let Some(lead) = sent.next().await {
+        applied += lead.applied;
+        present += lead.present;
+        progress.advance(lead.applied + lead.present + lead.refused.len());
+        rejected.extend(lead.refused);
     }
     progress.finish();
     rejected.sort_by_key(|r| r.number);
     let elapsed = started.elapsed().as_secs_f64();
-    println!("imported {imported} lines from {} in {elapsed:.1} s; rejected {}", args.file.display(), rejected.len());
+    println!(
+        "{}: applied {applied} lines, {present} already imported, rejected {} ({elapsed:.1} s)",
+        args.file.display(),
+        rejected.len()
+    );
     for line in &rejected {
         println!("  line {}: {}", line.number, line.reason);
     }
@@ -117,13 +125,26 @@ fn format_of(path: &Path) -> anyhow::Result<Format> {
     }
 }
 
-fn read_csv(text: &str) -> anyhow::Result<Vec<Line>> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+fn read_csv(text: &str, rejected: &mut Vec<Rejected>) -> anyhow::Result<Vec<Line>> {
+    // Flexible: a row with too many or too few fields is that row's error, not the file's.
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(text.as_bytes());
     let headers = reader.headers().context("read the CSV header row")?.clone();
     let mut lines = Vec::new();
-    for (index, record) in reader.records().enumerate() {
-        let number = record.as_ref().ok().and_then(|r| r.position()).map_or(index + 2, |p| p.line() as usize);
-        let record = record.with_context(|| format!("CSV line {number}"))?;
+    for record in reader.records() {
+        let record = match record {
+            Ok(record) => record,
+            Err(error) => {
+                let number = error.position().map_or(0, |p| p.line() as usize);
+                rejected.push(Rejected { number, reason: format!("not a CSV row: {error}") });
+                continue;
+            }
+        };
+        let number = record.position().map_or(0, |p| p.line() as usize);
+        if record.len() != headers.len() {
+            let reason = format!("{} fields where the header row has {}", record.len(), headers.len());
+            rejected.push(Rejected { number, reason });
+            continue;
+        }
         let fields = headers
             .iter()
             .zip(record.iter())
@@ -182,7 +203,11 @@ fn columns(kind: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-fn plan(line: &Line) -> Result<Planned, String> {
+/// How many lines of a lead had each type and time so far: their rank tells
+/// apart two events of one kind at the same time (two date-only assignments).
+type Ranks = HashMap<(String, String, i64, i32), u32>;
+
+fn plan(line: &Line, ranks: &mut Ranks) -> Result<Planned, String> {
     let get = |key: &str| line.fields.get(key).cloned().unwrap_or_default();
     let lead = get("lead");
     if lead.is_empty() {
@@ -201,8 +226,10 @@ fn plan(line: &Line) -> Result<Planned, String> {
     }
     let occurred_at = parse_time(&get("occurred_at")).map_err(|e| format!("occurred_at: {e}"))?;
     let lead_id = uuid::Uuid::new_v5(&NAMESPACE, format!("lead:{lead}").as_bytes()).to_string();
-    let request_id =
-        uuid::Uuid::new_v5(&NAMESPACE, format!("{lead}|{kind}|{}", get("occurred_at")).as_bytes()).to_string();
+    let rank = ranks.entry((lead.clone(), kind.clone(), occurred_at.seconds, occurred_at.nanos)).or_insert(0);
+    let key = format!("{lead}|{kind}|{}.{:09}|{rank}", occurred_at.seconds, occurred_at.nanos);
+    *rank += 1;
+    let request_id = uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string();
     let number = |key: &str| -> Result<Option<i32>, String> {
         let text = get(key);
         if text.is_empty() {
@@ -273,22 +300,32 @@ fn plan(line: &Line) -> Result<Planned, String> {
     Ok(Planned { number: line.number, lead, call, request_id, occurred_at })
 }
 
-/// Sends one lead's lines in order: how many were applied, and the refused ones.
-async fn send_lead(mut api: Server, lines: Vec<Planned>) -> (usize, Vec<Rejected>) {
-    let (mut applied, mut refused) = (0, Vec::new());
+/// What became of one lead's lines.
+#[derive(Default)]
+struct Sent {
+    applied: usize,
+    /// Applied by an earlier run: the server answered with the original result.
+    present: usize,
+    refused: Vec<Rejected>,
+}
+
+/// Sends one lead's lines in order.
+async fn send_lead(mut api: Server, lines: Vec<Planned>) -> Sent {
+    let mut sent = Sent::default();
     for line in lines {
         match line.call.send(&mut api, line.request_id, Some(line.occurred_at)).await {
-            Ok(_) => applied += 1,
+            Ok(result) if result.as_ref().is_some_and(|r| r.replayed) => sent.present += 1,
+            Ok(_) => sent.applied += 1,
             Err(status) => {
                 let mut reason = format!("{:?}: {}", status.code(), status.message());
                 if status.code() == tonic::Code::NotFound {
                     reason.push_str(" (was the lead's captured line imported?)");
                 }
-                refused.push(Rejected { number: line.number, reason: format!("{} (lead {})", reason, line.lead) });
+                sent.refused.push(Rejected { number: line.number, reason: format!("{} (lead {})", reason, line.lead) });
             }
         }
     }
-    (applied, refused)
+    sent
 }
 
 /// A progress line on stderr while it is a terminal.

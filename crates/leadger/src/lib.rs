@@ -1,7 +1,9 @@
-//! `leadger`: the command line. It parses flags (each with a `LEADGER_*`
-//! environment variable), opens the event log the database URL names, and
-//! runs the gRPC server until SIGTERM or ctrl-c. Everything else lives in the
-//! adapter crates; this crate only wires them.
+//! `leadger`: the command line. For the processes (`serve`, `relay`,
+//! `project`) it parses flags (each with a `LEADGER_*` environment variable
+//! and a config-file key), opens the event log the database URL names, and
+//! wires the adapter crates until SIGTERM or ctrl-c. The commands for people
+//! (`lead`, `sla`, `report`, `demo`, `import`) are gRPC clients in their own
+//! modules, with no path of their own into the log.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -591,11 +593,7 @@ async fn run<L: EventLog + Leases + JourneyStore + Agreements>(
     let mut samplers = vec![metrics::log_sampler(log.clone())];
     let mut background = Background::default();
     if !args.no_projector {
-        let projector_log = log.clone();
-        background.companions.push(Box::new(move |appended, stopping| {
-            let (applied, _) = watch::channel(0);
-            tokio::spawn(run_projector(projector_log, ProjectorConfig::default(), appended, applied, stopping))
-        }));
+        background.companions.push(projector_companion(log.clone()));
         samplers.push(metrics::projector_sampler(log.clone(), clock.clone()));
     }
     if let Some(url) = &nats.nats_url {
@@ -616,14 +614,22 @@ async fn run<L: EventLog + Leases + JourneyStore + Agreements>(
         tracing::info!(nats = url, stream = nats.nats_stream, "relay enabled");
     }
     if let Some((listener, handle)) = exporter {
-        background.companions.push(Box::new(move |_, stopping| {
-            tokio::spawn(metrics::serve(listener, handle, samplers, stopping))
-        }));
+        background
+            .companions
+            .push(Box::new(move |_, stopping| tokio::spawn(metrics::serve(listener, handle, samplers, stopping))));
     }
     let address = listener.local_addr()?;
     tracing::info!(%address, database, "leadger serving gRPC");
     leadger_grpc::serve_with(log, vault, listener, config, background, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The projector, run beside the gRPC services in this process.
+pub(crate) fn projector_companion<L: EventLog + JourneyStore + Leases>(log: Arc<L>) -> leadger_grpc::Companion {
+    Box::new(move |appended, stopping| {
+        let (applied, _) = watch::channel(0);
+        tokio::spawn(run_projector(log, ProjectorConfig::default(), appended, applied, stopping))
+    })
 }
 
 /// The health service name that reports the NATS relay: serving while it
@@ -755,17 +761,41 @@ fn kek_next_to(url: &str) -> anyhow::Result<PathBuf> {
     Ok(Path::new(path).with_extension("kek"))
 }
 
-/// A database URL without its password, for logs and errors.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}://{user}:***{}", &url[..scheme], &url[at..]),
-                None => url.to_string(),
+/// A URL, or a comma-separated list of them, without secrets, for logs,
+/// errors and `config check`: the password of `user:password@`, a bare
+/// `token@` (NATS), and `password=` query values become `***`. An `@` in a
+/// password is found by the last `@`, so nothing after the user shows.
+fn redact(urls: &str) -> String {
+    urls.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let Some(scheme) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme + 3..];
+    let url = match rest.rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{}://{user}:***{}", &url[..scheme], &rest[at..]),
+            None if url.starts_with("nats") || url.starts_with("tls") => {
+                format!("{}://***{}", &url[..scheme], &rest[at..])
             }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    };
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let masked: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", masked.join("&"))
         }
-        _ => url.to_string(),
+        None => url,
     }
 }
 
@@ -825,5 +855,8 @@ mod tests {
     fn passwords_never_reach_the_logs() {
         assert_eq!(redact("postgres://app:s3cret@db:5432/leads"), "postgres://app:***@db:5432/leads");
         assert_eq!(redact("postgres://db/leads"), "postgres://db/leads");
+        assert_eq!(redact("postgres://app:p@ss@db/leads"), "postgres://app:***@db/leads");
+        assert_eq!(redact("postgres://db/leads?user=app&password=s3cret"), "postgres://db/leads?user=app&password=***");
+        assert_eq!(redact("nats://a:s3cret@n1:4222,nats://t0ken@n2:4222"), "nats://a:***@n1:4222,nats://***@n2:4222");
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! Counters and histograms are recorded where things happen, through the
 //! `metrics` facade (the gRPC layer, the committer). Gauges are sampled when
-//! Prometheus scrapes, so they are never stale: the log head and the
-//! database pool in every process, relay lag and NATS state where a relay
-//! runs, projector lag, the funnel and open SLA breaches where a projector
-//! runs. A standby relay or projector reports a lag of 0: it is not the one
-//! behind.
+//! Prometheus scrapes: the log head and the database pool in every process,
+//! relay lag and NATS state where a relay runs, projector lag, the funnel
+//! and open SLA breaches where a projector runs. A gauge whose read fails
+//! keeps its last value (the failure is logged). A standby relay reports a
+//! lag of 0, since it is not the one behind; the read-model gauges come from
+//! the shared database, so every projector instance reports the same.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use tokio::sync::watch;
 pub type Sampler = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// How long one sampler may take before the scrape goes on without it.
-const SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Installs the Prometheus recorder for this process; metrics recorded
 /// before are lost, so call it first.
@@ -52,7 +53,7 @@ fn describe() {
     describe_counter!("leadger_queries_total", "Query and analytics calls answered, by RPC and gRPC status code.");
     describe_histogram!("leadger_query_duration_seconds", "Time from request to answer of queries, by RPC.");
     describe_histogram!("leadger_commit_batch_commands", "Commands per group-commit transaction.");
-    describe_counter!("leadger_events_appended_total", "Events this process appended to the log.");
+    describe_counter!("leadger_events_appended_total", "Lead events this process appended (replays not counted).");
     describe_gauge!("leadger_log_head_position", "Position of the last event in the log.");
     describe_gauge!("leadger_db_pool_connections", "Database pool connections, by state (idle, in_use).");
     describe_gauge!("leadger_db_pool_max_connections", "Most connections the database pool opens.");
@@ -76,10 +77,9 @@ pub async fn serve(
     let scrape = move || {
         let (handle, samplers) = (handle.clone(), samplers.clone());
         async move {
-            for sample in samplers.iter() {
-                if tokio::time::timeout(SAMPLE_TIMEOUT, sample()).await.is_err() {
-                    tracing::warn!("a metrics sampler took over {SAMPLE_TIMEOUT:?}; its gauges are stale");
-                }
+            let samples = samplers.iter().map(|sample| tokio::time::timeout(SAMPLE_TIMEOUT, sample()));
+            if futures_util::future::join_all(samples).await.iter().any(Result::is_err) {
+                tracing::warn!("a metrics sampler took over {SAMPLE_TIMEOUT:?}; its gauges keep their last values");
             }
             ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
         }
@@ -132,14 +132,17 @@ pub fn relay_sampler<L: EventLog>(
         Box::pin(async move {
             let connected = client.connection_state() == async_nats::connection::State::Connected;
             metrics::gauge!("leadger_nats_connected").set(if connected { 1.0 } else { 0.0 });
-            // A relay that cannot reach NATS or the database still owes its events.
-            let (publishing, published) = {
+            let (publishing, unavailable, published) = {
                 let status = status.borrow();
-                (matches!(status.state, RelayState::Publishing | RelayState::Unavailable(_)), status.published)
+                let unavailable = matches!(status.state, RelayState::Unavailable(_));
+                (status.state == RelayState::Publishing, unavailable, status.published)
             };
             metrics::gauge!("leadger_relay_publishing").set(if publishing { 1.0 } else { 0.0 });
+            // A relay that cannot reach NATS still owes its events: its lag grows.
             let (mut events, mut seconds) = (0.0, 0.0);
-            if publishing && let Ok(head) = log.head_position().await {
+            if (publishing || unavailable)
+                && let Ok(head) = log.head_position().await
+            {
                 events = head.saturating_sub(published) as f64;
                 if head > published
                     && let Ok(oldest) = log.read_log(published + 1, 1).await

@@ -1,8 +1,8 @@
 //! `leadger report …` and the printing of client answers: each report is
 //! fetched into a view (a plain serde struct), which `--json` prints as is,
 //! the terminal prints as a table (the funnel as bars) and `--html` renders
-//! into one self-contained page. The three outputs read the same view, so
-//! they always show the same figures.
+//! into one self-contained page. The outputs are drawn from the same views,
+//! so for the same read-model position they show the same figures.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -23,8 +23,9 @@ pub struct WindowArgs {
     /// End of the window, exclusive (default: no end).
     #[arg(long, value_parser = parse_time)]
     pub to: Option<prost_types::Timestamp>,
-    /// Wait until the read models include this log position.
-    #[arg(skip)]
+    /// Wait until the read models include this log position (as a command
+    /// printed it), so a report shows what was just written.
+    #[arg(long, default_value_t = 0)]
     pub min_position: u64,
 }
 
@@ -95,6 +96,8 @@ pub async fn run(server: &ServerArgs, command: ReportCommand) -> anyhow::Result<
         ReportCommand::Funnel { window, group_by, html } => {
             let funnel = fetch_funnel(&mut api, &window, group_by).await?;
             if let Some(path) = html {
+                // The page shows the log as of the printed funnel's position, or later.
+                let window = WindowArgs { min_position: funnel.as_of_position, ..window.clone() };
                 write_html(&mut api, &window, &path).await?;
                 eprintln!("wrote {}", path.display());
             }
@@ -118,11 +121,14 @@ pub async fn run(server: &ServerArgs, command: ReportCommand) -> anyhow::Result<
 
 /// Writes the HTML report of `window` to `path`.
 pub async fn write_html(api: &mut Server, window: &WindowArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    let funnel = fetch_funnel(api, window, None).await?;
+    // The other parts read the read models at the funnel's position or later.
+    let window = WindowArgs { min_position: funnel.as_of_position.max(window.min_position), ..window.clone() };
     let page = Page {
-        funnel: fetch_funnel(api, window, None).await?,
-        conversion_by_source: fetch_conversion(api, window, Some(GroupBy::Source)).await?,
-        sla: fetch_sla(api, window).await?,
-        breaches: fetch_breaches(api, window, None, None, "").await?,
+        funnel,
+        conversion_by_source: fetch_conversion(api, &window, Some(GroupBy::Source)).await?,
+        sla: fetch_sla(api, &window).await?,
+        breaches: fetch_breaches(api, &window, None, None, "").await?,
     };
     std::fs::write(path, page.html()).with_context(|| format!("write {}", path.display()))
 }
@@ -228,8 +234,10 @@ impl FunnelReport {
         let mut out = String::new();
         for group in &self.groups {
             let title = if group.key.is_empty() { "all leads".to_string() } else { group.key.clone() };
-            let _ =
-                writeln!(out, "Funnel: {title}   (reached: of the window's captured leads; now: in the stage today)");
+            let _ = writeln!(
+                out,
+                "Funnel: {title}   (reached: of the window's captured leads; entered: in the window; now: today)"
+            );
             let top = group.stages.first().map_or(0, |s| s.reached).max(1);
             let rates = [group.lead_to_mql, group.mql_to_sql, group.sql_to_won];
             for (i, row) in group.stages.iter().enumerate() {
@@ -238,7 +246,11 @@ impl FunnelReport {
                 }
                 let length = ((row.reached as f64 / top as f64) * WIDTH).round() as usize;
                 let bar = format!("{}{}", "█".repeat(length), if length == 0 && row.reached > 0 { "▏" } else { "" });
-                let _ = write!(out, "  {:<9} {:>7} {:<41} now {:>6}", row.stage, row.reached, bar, row.now);
+                let _ = write!(
+                    out,
+                    "  {:<9} {:>7} {:<41} entered {:>6}  now {:>6}",
+                    row.stage, row.reached, bar, row.entered, row.now
+                );
                 if (1..4).contains(&i) {
                     let _ = write!(out, "   {} from {}", percent(rates[i - 1]), group.stages[i - 1].stage);
                 }
@@ -291,7 +303,11 @@ fn show_amounts(amounts: &[Amount]) -> String {
     }
     let shown: Vec<String> = amounts
         .iter()
-        .map(|a| format!("{} {}.{:02}", a.currency, a.amount_minor / 100, (a.amount_minor % 100).abs()))
+        .map(|a| {
+            let sign = if a.amount_minor < 0 { "-" } else { "" };
+            let units = a.amount_minor.unsigned_abs();
+            format!("{} {sign}{}.{:02}", a.currency, units / 100, units % 100)
+        })
         .collect();
     shown.join(", ")
 }
@@ -730,6 +746,17 @@ pub fn print_lead(json: bool, response: &pb::GetLeadResponse) {
     print!("{}", table(&["version", "event", "occurred at", "by"], &rows));
 }
 
+/// Seconds in the largest unit that divides them: 4h, 90m, 45s.
+fn duration(seconds: i64) -> String {
+    match seconds {
+        0 => "0".to_string(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 pub fn print_policies(json: bool, response: &pb::GetSlaPolicyResponse) {
     let seconds = |d: &Option<prost_types::Duration>| d.as_ref().map_or(0, |d| d.seconds);
     let views: Vec<serde_json::Value> = response
@@ -760,8 +787,8 @@ pub fn print_policies(json: bool, response: &pb::GetSlaPolicyResponse) {
             };
             vec![
                 text("version"),
-                format!("{}h", v["accept_within_seconds"].as_i64().unwrap_or(0) / 3600),
-                format!("{}h", v["close_within_seconds"].as_i64().unwrap_or(0) / 3600),
+                duration(v["accept_within_seconds"].as_i64().unwrap_or(0)),
+                duration(v["close_within_seconds"].as_i64().unwrap_or(0)),
                 text("mql_target"),
                 text("time_zone"),
                 text("effective_from"),
@@ -865,9 +892,11 @@ impl Page {
         }
         body.push_str("</svg></section>\n");
         // SLA compliance by month.
-        body.push_str("<section id=\"sla\"><h2>SLA compliance by month (MQLs answered in time)</h2>\n");
+        body.push_str(
+            "<section id=\"sla\"><h2>Acceptance rate by month (MQLs accepted, of those sales answered)</h2>\n",
+        );
         let months = &self.sla.months;
-        let _ = writeln!(body, "<svg viewBox=\"0 0 720 220\" role=\"img\" aria-label=\"SLA compliance by month\">");
+        let _ = writeln!(body, "<svg viewBox=\"0 0 720 220\" role=\"img\" aria-label=\"acceptance rate by month\">");
         let column = if months.is_empty() { 0.0 } else { 700.0 / months.len() as f64 };
         for (i, m) in months.iter().enumerate() {
             let rate = m.acceptance_rate.unwrap_or(0.0);
