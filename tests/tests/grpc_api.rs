@@ -456,7 +456,8 @@ async fn idempotent_retries_replay_the_original_response(backend: Backend) {
     let request = capture("retry@example.com");
     let first = result_of(commands.capture_lead(request.clone()).await, |r| r.result);
     let again = result_of(commands.capture_lead(request.clone()).await, |r| r.result);
-    assert_eq!(first, again, "a retry gets the original response");
+    assert!(!first.replayed);
+    assert_eq!(pb::CommandResult { replayed: true, ..first.clone() }, again, "a retry gets the original response");
     let changed = pb::CaptureLeadRequest { name: "Someone Else".into(), ..request.clone() };
     let status = expect_code(commands.capture_lead(changed).await, Code::AlreadyExists);
     assert_eq!(error_info(&status).0, "REQUEST_ID_REUSED");
@@ -473,7 +474,7 @@ async fn idempotent_retries_replay_the_original_response(backend: Backend) {
         pb::QualifyLeadRequest { request_id: "q-1".into(), lead_id: lead.id.clone(), ..Default::default() };
     let q1 = result_of(commands.qualify_lead(qualify_once.clone()).await, |r| r.result);
     let q2 = result_of(commands.qualify_lead(qualify_once).await, |r| r.result);
-    assert_eq!(q1, q2);
+    assert_eq!(pb::CommandResult { replayed: true, ..q1 }, q2);
     // Refused commands store no receipt: fixing the request and retrying works.
     let bad_accept = pb::AcceptLeadRequest { request_id: "a-1".into(), lead_id: lead.id.clone(), ..Default::default() };
     expect_code(commands.accept_lead(bad_accept.clone()).await, Code::InvalidArgument);
