@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what is missing
-# (Debian's postgresql, cargo-nextest, the pinned test tools of
-# tests/requirements.txt), starts one throwaway PostgreSQL
+# (Debian's postgresql and chromium, cargo-nextest, the pinned test tools of
+# tests/requirements.txt, kubectl; see tests/install-tools.sh), starts one
+# throwaway PostgreSQL
 # cluster for the run (temp dir, free port; each test makes its own database
 # in it), runs every test of the workspace, and tears the cluster down.
 # Extra arguments go to `cargo nextest run` (e.g. a test name filter).
