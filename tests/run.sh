@@ -2,9 +2,9 @@
 # The whole test suite, on a fresh machine: installs what is missing
 # (Debian's postgresql and chromium, cargo-nextest, the pinned test tools of
 # tests/requirements.txt, kubectl; see tests/install-tools.sh), starts one
-# throwaway PostgreSQL
-# cluster for the run (temp dir, free port; each test makes its own database
-# in it), runs every test of the workspace, and tears the cluster down.
+# throwaway PostgreSQL cluster for the run (temp dir, free port; each test
+# makes its own database in it), runs every test of the workspace, and tears
+# the cluster down.
 # Extra arguments go to `cargo nextest run` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
