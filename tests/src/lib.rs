@@ -251,6 +251,21 @@ pub async fn connect(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}")).expect("valid uri").connect().await.expect("connect")
 }
 
+/// Every event of the log at `addr`, via the gRPC `ReadLog`.
+pub async fn read_whole_log(addr: SocketAddr) -> Vec<pb::LeadEvent> {
+    let mut queries = LeadQueryServiceClient::new(connect(addr).await);
+    let mut stream = queries
+        .read_log(pb::ReadLogRequest { from_position: 1, follow: false })
+        .await
+        .expect("read the log")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(response) = tokio_stream::StreamExt::next(&mut stream).await {
+        events.push(response.expect("a log event").event.expect("an event"));
+    }
+    events
+}
+
 /// Polls the gRPC health service until it answers SERVING (10 s deadline).
 pub async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<()> {
     wait_for_health(addr, "", true, Duration::from_secs(10)).await

@@ -15,8 +15,6 @@ use leadger_tests::nats::{
 };
 use leadger_tests::workload::{PERSONAL_MARKERS, run_lifecycles};
 use leadger_tests::{Backend, RelayProcess, ServerProcess, TestDatabase, leadger_binary, pb, wait_for_health};
-use pb::lead_query_service_client::LeadQueryServiceClient;
-use tokio_stream::StreamExt;
 
 const RELAY_HEALTH: &str = "leadger.relay";
 /// A short relay lease, so a killed relay's successor takes over in seconds.
@@ -28,21 +26,6 @@ async fn serve(database: &TestDatabase, extra: &[&str]) -> ServerProcess {
     let mut args = vec!["--database-url", database.url.as_str(), "--kek-file", kek.as_str()];
     args.extend_from_slice(extra);
     ServerProcess::start(&leadger_binary!(), database.dir.path(), &args).await.expect("start leadger serve")
-}
-
-/// Every event of the log, via the gRPC `ReadLog`.
-async fn read_log(server: &ServerProcess) -> Vec<pb::LeadEvent> {
-    let mut queries = LeadQueryServiceClient::new(leadger_tests::connect(server.addr).await);
-    let mut stream = queries
-        .read_log(pb::ReadLogRequest { from_position: 1, follow: false })
-        .await
-        .expect("read the log")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(response) = stream.next().await {
-        events.push(response.expect("a log event").event.expect("an event"));
-    }
-    events
 }
 
 /// The stream matches the log one to one: same positions, ids, leads and
@@ -116,7 +99,7 @@ async fn every_committed_event_is_on_the_stream_once_in_order_as_a_cloud_event()
     wait_for_health(server.addr, RELAY_HEALTH, true, Duration::from_secs(10)).await.expect("the relay is healthy");
 
     let messages = stream_messages(&js).await;
-    let log = read_log(&server).await;
+    let log = leadger_tests::read_whole_log(server.addr).await;
     assert_eq!(log.len() as u64, events);
     assert_stream_is_the_log(&messages, &log);
     for message in &messages {
@@ -159,7 +142,7 @@ async fn a_relay_killed_mid_backlog_resumes_without_gaps_or_duplicates() {
     );
     let relay = RelayProcess::start(&leadger_binary!(), &database.url, &nats.url(), &LEASE).expect("start a relay");
     wait_for_stream_length(&js, events, Duration::from_secs(60)).await.expect("the last relay publishes the rest");
-    assert_stream_is_the_log(&stream_messages(&js).await, &read_log(&server).await);
+    assert_stream_is_the_log(&stream_messages(&js).await, &leadger_tests::read_whole_log(server.addr).await);
     assert_eq!(relay.terminate().await.expect("stop the relay").code(), Some(0));
 }
 
@@ -241,7 +224,7 @@ async fn commands_go_on_through_a_nats_outage_and_the_backlog_drains() {
     let js = nats.jetstream().await;
     wait_for_stream_length(&js, events, Duration::from_secs(60)).await.expect("the backlog drains");
     wait_for_health(server.addr, RELAY_HEALTH, true, Duration::from_secs(10)).await.expect("healthy again");
-    assert_stream_is_the_log(&stream_messages(&js).await, &read_log(&server).await);
+    assert_stream_is_the_log(&stream_messages(&js).await, &leadger_tests::read_whole_log(server.addr).await);
 }
 
 /// Messages each relay's NATS connection sent, by connection name.
@@ -293,7 +276,7 @@ async fn of_two_relays_one_publishes_and_the_other_takes_over_when_it_dies() {
         counts.iter().any(|(name, sent)| *name != first_name && *sent > 0),
         "the second relay published after the first died: {counts:?}"
     );
-    assert_stream_is_the_log(&stream_messages(&js).await, &read_log(&server).await);
+    assert_stream_is_the_log(&stream_messages(&js).await, &leadger_tests::read_whole_log(server.addr).await);
     assert_eq!(second.terminate().await.expect("stop the relay").code(), Some(0));
 }
 
@@ -399,5 +382,5 @@ async fn sla_breaches_are_announced_once_on_their_own_stream() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(subjects(&messages_of(&js, BREACH_STREAM).await), expected, "once, across restarts");
     // The event stream still holds the log's events only.
-    assert_stream_is_the_log(&stream_messages(&js).await, &read_log(&again).await);
+    assert_stream_is_the_log(&stream_messages(&js).await, &leadger_tests::read_whole_log(again.addr).await);
 }

@@ -16,9 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
 use pb::lead_command_service_client::LeadCommandServiceClient;
-use pb::lead_query_service_client::LeadQueryServiceClient;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
 
 /// A caller's span: a fresh trace id and span id, sampled.
 struct CallerSpan {
@@ -74,21 +72,6 @@ fn with_metadata<T>(message: T, metadata: &[(&'static str, &str)]) -> tonic::Req
     request
 }
 
-/// Every event of the log, via the gRPC `ReadLog`.
-async fn read_log(server: &ServerProcess) -> Vec<pb::LeadEvent> {
-    let mut queries = LeadQueryServiceClient::new(leadger_tests::connect(server.addr).await);
-    let mut stream = queries
-        .read_log(pb::ReadLogRequest { from_position: 1, follow: false })
-        .await
-        .expect("read the log")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(response) = stream.next().await {
-        events.push(response.expect("a log event").event.expect("an event"));
-    }
-    events
-}
-
 /// The event stream once it holds `count` messages.
 async fn nats_messages(nats: &NatsServer, count: u64) -> Vec<StreamedEvent> {
     let js = nats.jetstream().await;
@@ -120,7 +103,7 @@ async fn a_callers_trace_context_reaches_the_event_and_its_nats_message() {
     commands.capture_lead(malformed).await.expect("a malformed traceparent does not refuse the command");
     commands.capture_lead(capture_request("untraced@example.com", "untraced-1")).await.expect("capture");
 
-    let log = read_log(&server).await;
+    let log = leadger_tests::read_whole_log(server.addr).await;
     let traceparents: Vec<&str> = log.iter().map(|event| event.traceparent.as_str()).collect();
     assert_eq!(traceparents, [traceparent.as_str(), "", ""], "the log's traceparents");
 
@@ -270,7 +253,7 @@ async fn with_otlp_the_command_span_is_exported_as_a_child_of_the_callers_span()
         pb::AcceptLeadRequest { request_id: "otlp-accept-1".into(), lead_id: unknown_lead, ..Default::default() };
     let refusal = commands.accept_lead(with_metadata(accept, &metadata)).await.expect_err("the lead does not exist");
 
-    let log = read_log(&server).await;
+    let log = leadger_tests::read_whole_log(server.addr).await;
     assert_eq!(log.len(), 1);
     let (stored_trace, stored_parent) = parts(&log[0].traceparent);
     assert_eq!(stored_trace, caller.trace_id, "the event continues the caller's trace");

@@ -123,7 +123,7 @@ struct Story {
     steps: Vec<(i64, Call)>,
 }
 
-fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
+fn story(rng: &mut Rng, index: u32, start: i64) -> Story {
     let mut roll = rng.unit();
     let source = SOURCES
         .iter()
@@ -193,7 +193,6 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
                 }),
             ));
         }
-        steps.retain(|(at, _)| *at <= now);
         return Story { steps };
     }
     t += rng.between(3 * DAY, 45 * DAY);
@@ -224,8 +223,6 @@ fn story(rng: &mut Rng, index: u32, start: i64, now: i64) -> Story {
             }),
         ));
     }
-    // What lies in the future has not happened yet.
-    steps.retain(|(at, _)| *at <= now);
     Story { steps }
 }
 
@@ -316,7 +313,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     api.commands.define_sla_policy(policy).await.map_err(refused).context("define the SLA policy")?;
 
     let mut rng = Rng(args.seed);
-    let stories: Vec<Story> = (0..args.leads).map(|i| story(&mut rng, i, start, now)).collect();
+    let stories: Vec<Story> = (0..args.leads)
+        .map(|i| {
+            let mut story = story(&mut rng, i, start);
+            // What lies in the future has not happened yet.
+            story.steps.retain(|(at, _)| *at <= now);
+            story
+        })
+        .collect();
     let commands: usize = stories.iter().map(|s| s.steps.len()).sum();
     eprintln!("sending {commands} commands for {} leads captured over the last 13 weeks …", args.leads);
     let started = Instant::now();

@@ -48,7 +48,7 @@ pub enum ReportCommand {
         #[arg(long, value_enum)]
         group_by: Option<GroupBy>,
         /// Also write a self-contained HTML report (funnel, conversion by
-        /// source, SLA compliance by month, breaches) to FILE.
+        /// source, acceptance rate by month, breaches) to FILE.
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
     },
@@ -891,7 +891,7 @@ impl Page {
             );
         }
         body.push_str("</svg></section>\n");
-        // SLA compliance by month.
+        // Acceptance rate by month.
         body.push_str(
             "<section id=\"sla\"><h2>Acceptance rate by month (MQLs accepted, of those sales answered)</h2>\n",
         );
